@@ -1,0 +1,299 @@
+"""SKNet, SK-ResNeXt and SK-ResNet for timm.
+
+Paper: "Selective Kernel Networks", Xiang Li, Wenhai Wang, Xiaolin Hu, Jian Yang, CVPR 2019
+(https://arxiv.org/abs/1903.06586). Released Caffe models: github.com/implus/SKNet (no licence file).
+
+The trunk is timm's ``ResNet`` (same module and parameter names, so timm's ``skresnext50_32x4d`` checkpoints
+load into ``sk_resnext50_32x4d``/``sknet50``); this file adds what the release needs and timm's ResNet lacks:
+per-stage SK attention widths (SKNet-101's release uses 32/16/32/64), Caffe's ceil-mode stem pool and the
+single-3x3-conv CIFAR stem with three stages.
+"""
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from timm.layers import to_2tuple
+from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+
+from .hub import hub_namespace
+from .layers import SKBasicBlock, SKBottleneck
+
+__all__ = ['SKNet']
+
+_BLOCKS = {'basic': SKBasicBlock, 'bottleneck': SKBottleneck}
+_STEM_POOLS = ('max', 'caffe_ceil')
+
+
+def _stage_block(block_cls: type, sk_kwargs: Dict[str, Any]):
+    block = partial(block_cls, sk_kwargs=sk_kwargs)
+    block.expansion = block_cls.expansion  # timm's make_blocks reads it off the block factory
+    return block
+
+
+class SKNet(ResNet):
+    """ResNet / ResNeXt trunk whose 3x3 convolutions are Selective Kernel convolutions.
+
+    Args beyond timm's ``ResNet`` (num_classes, in_chans, output_stride, global_pool, cardinality,
+    base_width, stem_width, avg_down, drop_rate, drop_path_rate, drop_block_rate, zero_init_last, ...):
+        layers: units per stage (3 or 4 stages).
+        block: 'bottleneck' or 'basic'.
+        kernel_size: kernel size of each SK path; M = len(kernel_size).
+        sk_attention: softmax selection (True) or the paper's plain-sum baseline (False).
+        sk_groups: groups of every path (default: cardinality).
+        sk_attn_channels: explicit fuse width d per stage (default max(C * sk_rd_ratio, sk_min_attn_channels)).
+        dilate_large_kernels: realise K > 3 as a 3x3 with dilation (K - 1) / 2 (the release) or as true K x K.
+        split_input: give each path 1/M of the input channels (timm ``skresnet*`` style).
+        stem_type: '' (7x7), 'deep', 'deep_tiered' (timm's) or 'cifar' (one 3x3 stride-1 conv, no pool).
+        stem_pool: 'max' (timm: 3x3/s2, pad 1) or 'caffe_ceil' (the release: 3x3/s2, pad 0, ceil rounding).
+    """
+
+    def __init__(
+            self,
+            layers: Sequence[int],
+            block: str = 'bottleneck',
+            channels: Optional[Sequence[int]] = None,
+            kernel_size: Sequence[int] = (3, 5),
+            sk_attention: bool = True,
+            sk_groups: Optional[int] = None,
+            sk_attn_channels: Optional[Sequence[int]] = None,
+            sk_rd_ratio: float = 1. / 16,
+            sk_min_attn_channels: int = 32,
+            dilate_large_kernels: bool = True,
+            split_input: bool = False,
+            stem_type: str = '',
+            stem_pool: str = 'max',
+            in_chans: int = 3,
+            **kwargs,
+    ):
+        if block not in _BLOCKS:
+            raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got {block!r}")
+        if stem_pool not in _STEM_POOLS:
+            raise ValueError(f"stem_pool must be one of {_STEM_POOLS}, got {stem_pool!r}")
+        num_stages = len(layers)
+        if num_stages not in (3, 4):
+            raise ValueError(f'SKNet has 3 or 4 stages, got layers={list(layers)}')
+        channels = tuple(channels or (64, 128, 256, 512)[:num_stages])
+        attn_widths = tuple(sk_attn_channels) if sk_attn_channels else (None,) * num_stages
+        if len(channels) != num_stages or len(attn_widths) != num_stages:
+            raise ValueError('layers, channels and sk_attn_channels need one entry per stage')
+        cifar_stem = stem_type == 'cifar'
+        if cifar_stem and kwargs.get('output_stride', 32) != 32:
+            raise ValueError('the CIFAR stem supports output_stride=32 only')
+        sk_common = dict(
+            kernel_size=tuple(kernel_size), attention=sk_attention, rd_ratio=sk_rd_ratio,
+            min_attn_channels=sk_min_attn_channels, dilate_large_kernels=dilate_large_kernels,
+            split_input=split_input, groups=sk_groups)
+        blocks = tuple(_stage_block(_BLOCKS[block], dict(sk_common, attn_channels=w)) for w in attn_widths)
+        super().__init__(
+            block=blocks, layers=tuple(layers), channels=channels, in_chans=in_chans,
+            stem_type='' if cifar_stem else stem_type, **kwargs)
+
+        self.stage_names = [f'layer{i + 1}' for i in range(num_stages)]
+        if num_stages == 3:
+            self.layer4 = nn.Sequential()  # keeps ResNet's scriptable four-stage forward; holds no parameters
+        if cifar_stem:
+            self.conv1 = nn.Conv2d(in_chans, self.bn1.num_features, 3, stride=1, padding=1, bias=False)
+            nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
+            self.maxpool = nn.Identity()
+            for info in self.feature_info:  # ResNet counts a stride-4 stem; this one has stride 1
+                info['reduction'] //= 4 if info['module'] != 'act1' else 2
+        elif stem_pool == 'caffe_ceil':
+            # Caffe's pooling rounds the output size up with no padding: 112 -> 56 like timm's pad-1 pool,
+            # but every window is shifted by one pixel, so the released weights need exactly this pool.
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stem output then each stage's output (``len(stage_names) + 1`` taps), as timm's ResNet."""
+        assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
+        take_indices, max_index = feature_take_indices(len(self.stage_names) + 1, indices)
+        intermediates = []
+        x = self.act1(self.bn1(self.conv1(x)))
+        if 0 in take_indices:
+            intermediates.append(x)
+        x = self.maxpool(x)
+        stage_names = self.stage_names[:max_index] if stop_early else self.stage_names
+        for feat_idx, name in enumerate(stage_names, start=1):
+            stage = getattr(self, name)
+            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and head) that the requested taps do not need."""
+        num_taps = len(self.stage_names) + 1
+        take_indices, max_index = feature_take_indices(num_taps, indices)
+        for name in self.stage_names[max_index:]:
+            setattr(self, name, nn.Sequential())
+        if max_index == 0:
+            self.maxpool = nn.Identity()
+        prune_end = max_index < num_taps - 1
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
+    num_taps = len(kwargs['layers']) + 1  # the stem, then every stage
+    return build_model_with_cfg(
+        SKNet, variant, pretrained, feature_cfg=dict(out_indices=tuple(range(num_taps))), **kwargs)
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bicubic',
+        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+        'first_conv': 'conv1', 'classifier': 'fc',
+        **kwargs,
+    }
+
+
+# The release feeds BGR pixels in 0..255 minus (104, 117, 123). timm feeds RGB (x / 255 - mean) / std, so
+# mean = (123, 117, 104) / 255 and std = 1 / 255 reproduce it; the converter folds BGR -> RGB into conv1.
+CAFFE_MEAN = (123 / 255, 117 / 255, 104 / 255)
+CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
+
+
+def _caffe_cfg(**kwargs) -> Dict[str, Any]:
+    # 224 eval: shorter side to 256 (crop 0.875), bilinear; the paper also reports 320.
+    return _cfg(
+        hf_hub_id=f'{hub_namespace()}/', interpolation='bilinear', crop_pct=0.875, crop_mode='center',
+        mean=CAFFE_MEAN, std=CAFFE_STD, test_input_size=(3, 320, 320), test_crop_pct=0.875,
+        license='other', **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'sknet26.untrained': _cfg(),
+    'sknet50.caffe_in1k': _caffe_cfg(),
+    'sknet101.caffe_in1k': _caffe_cfg(),
+    'sknet29_cifar.untrained': _cfg(
+        num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    'sk_resnext50_32x4d.untrained': _cfg(),
+    'sk_resnext101_32x4d.untrained': _cfg(),
+    'sk_resnext101_32x8d.untrained': _cfg(),
+    'sk_resnet18.untrained': _cfg(),
+    'sk_resnet34.untrained': _cfg(),
+    'sk_resnet50.untrained': _cfg(),
+    'sk_resnet101.untrained': _cfg(),
+})
+
+# The released SKNets: ResNeXt 32x4d, SK[M=2 (3x3, 3x3 dilation 2), G=32, r=16, L=32], Caffe stem pool.
+_RELEASE_ARGS = dict(cardinality=32, base_width=4, kernel_size=(3, 5), stem_pool='caffe_ceil')
+
+
+def _create(variant: str, pretrained: bool, model_args: Dict[str, Any], kwargs: Dict[str, Any]) -> SKNet:
+    return _create_sknet(variant, pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sknet26(pretrained: bool = False, **kwargs) -> SKNet:
+    """SKNet-26 (paper, {2, 2, 2, 2} units): the SKNet-50 design, shallower.
+
+    Differs from timm's ``skresnext50_32x4d`` family only by the release's ceil-mode, pad-0 stem max pool.
+    """
+    return _create('sknet26', pretrained, dict(_RELEASE_ARGS, layers=(2, 2, 2, 2)), kwargs)
+
+
+@register_model
+def sknet50(pretrained: bool = False, **kwargs) -> SKNet:
+    """SKNet-50 exactly as the authors' Caffe release (``sknet50.prototxt``); loads its converted weights.
+
+    Same graph and parameter names as timm's ``skresnext50_32x4d`` except the stem max pool, which is
+    Caffe's 3x3 / stride 2 / pad 0 / ceil mode (timm's pad-1 pool shifts every window).
+    """
+    return _create('sknet50', pretrained, dict(_RELEASE_ARGS, layers=(3, 4, 6, 3)), kwargs)
+
+
+@register_model
+def sknet101(pretrained: bool = False, **kwargs) -> SKNet:
+    """SKNet-101 exactly as the authors' Caffe release, including its fuse widths d = 32 / 16 / 32 / 64.
+
+    The release's stage conv3_x attention is 16 wide where the paper's rule gives 32; timm has no SKNet-101.
+    """
+    return _create(
+        'sknet101', pretrained,
+        dict(_RELEASE_ARGS, layers=(3, 4, 23, 3), sk_attn_channels=(32, 16, 32, 64)), kwargs)
+
+
+@register_model
+def sknet29_cifar(pretrained: bool = False, **kwargs) -> SKNet:
+    """SKNet-29 for CIFAR (paper, Table 7): ResNeXt-29 16x32d trunk (one 3x3 stem conv, three stages of
+    three bottlenecks, widths 512 / 1024 / 2048), SK[M=2, G=32, r=16, L=32]; 32x32 input. No timm equivalent.
+    """
+    model_args = dict(
+        layers=(3, 3, 3), channels=(64, 128, 256), cardinality=16, base_width=32, sk_groups=32,
+        stem_type='cifar')
+    return _create('sknet29_cifar', pretrained, model_args, kwargs)
+
+
+@register_model
+def sk_resnext50_32x4d(pretrained: bool = False, **kwargs) -> SKNet:
+    """SK-ResNeXt-50 32x4d with timm's standard stem (pad-1 max pool).
+
+    The same network and parameter names as timm's ``skresnext50_32x4d``: its ``ra_in1k`` weights load here.
+    """
+    return _create('sk_resnext50_32x4d', pretrained, dict(layers=(3, 4, 6, 3), cardinality=32, base_width=4), kwargs)
+
+
+@register_model
+def sk_resnext101_32x4d(pretrained: bool = False, **kwargs) -> SKNet:
+    """SK-ResNeXt-101 32x4d with timm's standard stem; fuse widths by the paper's d = max(C / 16, 32)."""
+    return _create(
+        'sk_resnext101_32x4d', pretrained, dict(layers=(3, 4, 23, 3), cardinality=32, base_width=4), kwargs)
+
+
+@register_model
+def sk_resnext101_32x8d(pretrained: bool = False, **kwargs) -> SKNet:
+    """SK-ResNeXt-101 32x8d with timm's standard stem; fuse widths by the paper's d = max(C / 16, 32)."""
+    return _create(
+        'sk_resnext101_32x8d', pretrained, dict(layers=(3, 4, 23, 3), cardinality=32, base_width=8), kwargs)
+
+
+@register_model
+def sk_resnet18(pretrained: bool = False, **kwargs) -> SKNet:
+    """SK-ResNet-18: basic blocks whose first 3x3 is an SK conv over the full input (paper's SK, no groups).
+
+    Unlike timm's ``skresnet18`` the paths are not fed split inputs (pass ``split_input=True`` for that).
+    """
+    return _create('sk_resnet18', pretrained, dict(block='basic', layers=(2, 2, 2, 2)), kwargs)
+
+
+@register_model
+def sk_resnet34(pretrained: bool = False, **kwargs) -> SKNet:
+    """SK-ResNet-34: basic blocks, SK over the full input, no groups (cf. timm's split-input ``skresnet34``)."""
+    return _create('sk_resnet34', pretrained, dict(block='basic', layers=(3, 4, 6, 3)), kwargs)
+
+
+@register_model
+def sk_resnet50(pretrained: bool = False, **kwargs) -> SKNet:
+    """SK-ResNet-50: bottlenecks, ungrouped SK paths over the full input (cf. timm's split-input ``skresnet50``)."""
+    return _create('sk_resnet50', pretrained, dict(layers=(3, 4, 6, 3)), kwargs)
+
+
+@register_model
+def sk_resnet101(pretrained: bool = False, **kwargs) -> SKNet:
+    """SK-ResNet-101: bottlenecks, ungrouped SK paths over the full input. No timm equivalent."""
+    return _create('sk_resnet101', pretrained, dict(layers=(3, 4, 23, 3)), kwargs)
