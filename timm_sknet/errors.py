@@ -1,0 +1,30 @@
+"""User-facing errors: one line naming the problem and the fix, a non-zero exit, no traceback."""
+import importlib
+import sys
+from types import ModuleType
+from typing import Callable, NoReturn
+
+
+class UserError(Exception):
+    """A problem the user caused and can fix (bad file, wrong model, missing extra, existing output)."""
+
+
+def require_module(name: str, extra: str) -> ModuleType:
+    """Import an optional dependency or fail with the pip command that installs it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserError(f"{name} is not installed; install it with: pip install 'timm-sknet[{extra}]'") from None
+
+
+def run_cli(prog: str, main: Callable[[], int]) -> NoReturn:
+    """Run a console entry point, turning UserError and Ctrl-C into a one-line message and exit code."""
+    try:
+        code = main()
+    except UserError as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted', file=sys.stderr)
+        code = 130
+    sys.exit(code)
