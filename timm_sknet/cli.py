@@ -1,6 +1,7 @@
 """``timm-sknet``: validate weights, publish them to the Hub, analyse SK attention."""
 import argparse
 import importlib
+import sys
 from typing import List, Optional
 
 from .errors import run_cli
@@ -17,13 +18,13 @@ def _main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='timm-sknet', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text, add_help=False)  # module's parser owns -h
         sub_parser.set_defaults(_module=module_name)
     args, _ = parser.parse_known_args(argv)
     module = importlib.import_module(args._module)
     command_parser = argparse.ArgumentParser(prog=f'timm-sknet {args.command}', description=SUBCOMMANDS[args.command][1])
     module.configure_parser(command_parser)
-    command_args = command_parser.parse_args((argv if argv is not None else __import__('sys').argv[1:])[1:])
+    command_args = command_parser.parse_args((sys.argv[1:] if argv is None else argv)[1:])
     return module.run(command_args)
 
 

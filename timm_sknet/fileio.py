@@ -34,6 +34,9 @@ def atomic_output(path: os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.partial', dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600; an output file gets the permissions open() would give it
     try:
         yield tmp
         os.replace(tmp, path)

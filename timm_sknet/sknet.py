@@ -48,6 +48,7 @@ class SKNet(ResNet):
         split_input: give each path 1/M of the input channels (timm ``skresnet*`` style).
         stem_type: '' (7x7), 'deep', 'deep_tiered' (timm's) or 'cifar' (one 3x3 stride-1 conv, no pool).
         stem_pool: 'max' (timm: 3x3/s2, pad 1) or 'caffe_ceil' (the release: 3x3/s2, pad 0, ceil rounding).
+        bn_momentum, bn_eps: BatchNorm settings, as timm's train.py passes them (``--bn-momentum``, ``--bn-eps``).
     """
 
     def __init__(
@@ -66,6 +67,8 @@ class SKNet(ResNet):
             stem_type: str = '',
             stem_pool: str = 'max',
             in_chans: int = 3,
+            bn_momentum: Optional[float] = None,
+            bn_eps: Optional[float] = None,
             **kwargs,
     ):
         if block not in _BLOCKS:
@@ -95,7 +98,8 @@ class SKNet(ResNet):
         if num_stages == 3:
             self.layer4 = nn.Sequential()  # keeps ResNet's scriptable four-stage forward; holds no parameters
         if cifar_stem:
-            self.conv1 = nn.Conv2d(in_chans, self.bn1.num_features, 3, stride=1, padding=1, bias=False)
+            dd = {'device': kwargs.get('device'), 'dtype': kwargs.get('dtype')}
+            self.conv1 = nn.Conv2d(in_chans, self.bn1.num_features, 3, stride=1, padding=1, bias=False, **dd)
             nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
             self.maxpool = nn.Identity()
             for info in self.feature_info:  # ResNet counts a stride-4 stem; this one has stride 1
@@ -104,6 +108,12 @@ class SKNet(ResNet):
             # Caffe's pooling rounds the output size up with no padding: 112 -> 56 like timm's pad-1 pool,
             # but every window is shifted by one pixel, so the released weights need exactly this pool.
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if bn_momentum is not None:
+                    m.momentum = bn_momentum
+                if bn_eps is not None:
+                    m.eps = bn_eps
 
     def forward_intermediates(
             self,
