@@ -31,8 +31,6 @@ import numpy as np
 import timm
 import torch
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from timm.data import resolve_data_config
 from timm.data.readers.reader_image_folder import find_images_and_targets
 from timm.data.transforms import MaybeToTensor, ResizeKeepRatio, str_to_interp_mode
@@ -46,6 +44,7 @@ from .errors import UserError
 from .fileio import atomic_output, check_can_write, sha256_file
 from .layers import SKConv
 from .sknet import default_cfgs
+from .weights import create_model_with_weights
 
 __all__ = [
     'SKUnit', 'SelectionCapture', 'sk_units', 'capture_selection', 'mean_difference', 'zoom_transform',
@@ -321,26 +320,13 @@ def _image_sources(args: argparse.Namespace) -> Tuple[List[Union[str, Image.Imag
 
 def _build_model(args: argparse.Namespace) -> nn.Module:
     model_kwargs = dict(args.model_kwargs)
-    state_dict = None
     if args.weights is not None:
-        try:
-            state_dict = load_file(str(args.weights))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f'cannot read {args.weights} as safetensors ({e}); pass a .safetensors state dict') \
-                from None
-        if 'num_classes' not in model_kwargs:
-            model_kwargs['num_classes'] = state_dict['fc.weight'].shape[0] if 'fc.weight' in state_dict else 0
+        return create_model_with_weights(args.model, args.weights, **model_kwargs)[0]
     torch.manual_seed(args.seed)
     try:
         model = timm.create_model(args.model, **model_kwargs)
     except (TypeError, ValueError, RuntimeError) as e:
         raise UserError(f'cannot build {args.model} with --model-kwargs {args.model_kwargs}: {e}') from None
-    if state_dict is not None:
-        missing, unexpected = model.load_state_dict(state_dict, strict=False)
-        if missing or unexpected:
-            raise UserError(
-                f'{args.weights} does not fit {args.model}: {len(missing)} missing keys (e.g. {missing[:1]}), '
-                f'{len(unexpected)} unexpected (e.g. {unexpected[:1]}); check --model and --model-kwargs')
     return model.eval()
 
 

@@ -18,7 +18,7 @@ from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, reg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-from .hub import hub_namespace
+from .hub import hub_source
 from .layers import SKBasicBlock, SKBottleneck
 
 __all__ = ['SKNet']
@@ -186,18 +186,18 @@ CAFFE_MEAN = (123 / 255, 117 / 255, 104 / 255)
 CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
 
 
-def _caffe_cfg(**kwargs) -> Dict[str, Any]:
+def _caffe_cfg(model_name_tag: str, **kwargs) -> Dict[str, Any]:
     # 224 eval: shorter side to 256 (crop 0.875), bilinear; the paper also reports 320.
     return _cfg(
-        hf_hub_id=f'{hub_namespace()}/', interpolation='bilinear', crop_pct=0.875, crop_mode='center',
+        **hub_source(model_name_tag), interpolation='bilinear', crop_pct=0.875, crop_mode='center',
         mean=CAFFE_MEAN, std=CAFFE_STD, test_input_size=(3, 320, 320), test_crop_pct=0.875,
         license='other', **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
     'sknet26.untrained': _cfg(),
-    'sknet50.caffe_in1k': _caffe_cfg(),
-    'sknet101.caffe_in1k': _caffe_cfg(),
+    'sknet50.caffe_in1k': _caffe_cfg('sknet50.caffe_in1k'),
+    'sknet101.caffe_in1k': _caffe_cfg('sknet101.caffe_in1k'),
     'sknet29_cifar.untrained': _cfg(
         num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),

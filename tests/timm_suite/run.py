@@ -56,6 +56,7 @@ def run(quick: bool, extra_args: list) -> int:
     env = dict(os.environ, GITHUB_ACTIONS='1', PYTHONPATH=str(SUITE_DIR / 'tests'))
     cmd = [
         sys.executable, '-m', 'pytest', '-p', 'timm_sknet', '-p', 'no:cacheprovider', '-q',
+        '-W', 'ignore::pytest.PytestUnknownMarkWarning', '-W', 'ignore::FutureWarning',
         '--rootdir', str(SUITE_DIR), '-k', model_filter(quick),
         str(SUITE_DIR / 'tests' / 'test_models.py'), str(HERE / 'intermediates_tests.py'), *extra_args]
     return subprocess.run(cmd, env=env, cwd=SUITE_DIR).returncode

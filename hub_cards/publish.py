@@ -1,0 +1,144 @@
+"""``timm-sknet publish``: a Hub repo's model.safetensors, config.json (timm's format) and README.md.
+
+``--dry-run --output-dir DIR`` only writes the three files; otherwise they are uploaded as one commit (the
+token comes from ``hf auth login`` or ``$HF_TOKEN``). The Hub drops files that did not change, so publishing
+the same files again makes no commit.
+"""
+import argparse
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+import timm
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from timm.models import split_model_name_tag
+from timm.models._hub import save_config_for_hf
+from torch import nn
+
+from timm_sknet.errors import UserError
+from timm_sknet.fileio import check_can_write, sha256_file
+from timm_sknet.hub import HUB_WEIGHTS_FILENAME
+
+from .card import render_card
+from .release import released_model
+from .results import read_results
+from timm_sknet.weights import architecture, create_model_with_weights
+
+REPO_FILES = (HUB_WEIGHTS_FILENAME, 'config.json', 'README.md')
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--model', required=True, help='sknet50 or sknet101')
+    parser.add_argument('--weights', required=True, type=Path, metavar='W.safetensors',
+                        help='safetensors written by convert-caffe')
+    parser.add_argument('--repo-id', required=True, metavar='NAMESPACE/NAME',
+                        help='Hub repo, e.g. timm-sknet/sknet50.caffe_in1k (the name timm-sknet registers)')
+    parser.add_argument('--results', type=Path, metavar='RESULTS.json',
+                        help='timm-sknet validate results for exactly these weights on ImageNet-1k val; without '
+                             'them the card says the weights are not yet validated')
+    parser.add_argument('--dry-run', action='store_true', help='write the files to --output-dir, upload nothing')
+    parser.add_argument('--output-dir', type=Path, metavar='DIR',
+                        help='where to write the repo files (required with --dry-run)')
+    parser.add_argument('--force', action='store_true', help='replace an existing --output-dir')
+    parser.add_argument('--private', action='store_true', help='create the repo private (if it does not exist yet)')
+    parser.add_argument('--revision', help='branch to commit to (created if missing; default main)')
+
+
+def run(args: argparse.Namespace) -> int:
+    arch = architecture(args.model)
+    released_model(arch)
+    _check_repo_id(args.repo_id, arch)
+    if args.dry_run and args.output_dir is None:
+        raise UserError('--dry-run writes the repo files to --output-dir DIR; pass one')
+    if args.output_dir is not None:
+        check_can_write(args.output_dir, args.force)
+    token = None if args.dry_run else get_token()
+    if not args.dry_run and not token:
+        raise UserError('no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (or pass --dry-run)')
+
+    model, metadata = create_model_with_weights(args.model, args.weights)
+    weights_sha256 = sha256_file(args.weights)
+    results = read_results(args.results, args.weights, weights_sha256, args.model) if args.results else None
+    card = render_card(model, args.model, args.repo_id, weights_sha256, metadata, results)
+
+    if args.dry_run:
+        with _atomic_directory(args.output_dir) as staging:
+            write_repo_files(staging, model, args.weights, card)
+        print(f"wrote {', '.join(REPO_FILES)} to {args.output_dir}")
+        return 0
+    with contextlib.ExitStack() as stack:
+        if args.output_dir is not None:
+            directory = stack.enter_context(_atomic_directory(args.output_dir))
+        else:
+            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix='timm-sknet-publish-')))
+        write_repo_files(directory, model, args.weights, card)
+        print(upload(directory, args.repo_id, token, args.private, args.revision))
+    return 0
+
+
+def write_repo_files(directory: Path, model: nn.Module, weights: Path, card: str) -> None:
+    """The Hub repo's files: the weights byte for byte (their sha256 is what results refer to), config, card."""
+    shutil.copyfile(weights, directory / HUB_WEIGHTS_FILENAME)
+    # Naming the file keeps timm on safetensors: without it a missing file would send it to pytorch_model.bin.
+    save_config_for_hf(
+        model, str(directory / 'config.json'),
+        model_config={'pretrained_cfg': {'hf_hub_filename': HUB_WEIGHTS_FILENAME}})
+    (directory / 'README.md').write_text(card, encoding='utf-8')
+
+
+def upload(directory: Path, repo_id: str, token: str, private: bool, revision: Optional[str]) -> str:
+    """Create the repo (and branch) if needed and commit the repo files; returns a one-line report."""
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        head = api.repo_info(repo_id, revision=revision).sha
+        commit = api.create_commit(
+            repo_id,
+            operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=directory / name) for name in REPO_FILES],
+            commit_message='Publish weights converted from the Caffe release, config and model card',
+            revision=revision,
+        )
+    except Exception as e:  # noqa: BLE001  (the Hub's HTTP client, hence its errors, differs across versions)
+        message = str(e).splitlines()[0] if str(e) else ''
+        raise UserError(f'upload to {repo_id} failed: {type(e).__name__}: {message}') from None
+    if commit.oid == head:
+        return f'{repo_id} already holds these files; no commit made ({head})'
+    return f'published {repo_id}: {commit.commit_url}'
+
+
+def _check_repo_id(repo_id: str, arch: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise UserError(f'invalid --repo-id {repo_id!r}: {str(e).splitlines()[0]}') from None
+    if repo_id.count('/') != 1:
+        raise UserError(f'--repo-id {repo_id!r} must be NAMESPACE/NAME, e.g. timm-sknet/{arch}.caffe_in1k')
+    # timm builds the architecture a repo is named after: other weights there would fail to load
+    named_arch, _ = split_model_name_tag(repo_id.split('/')[1])
+    if timm.is_model(named_arch) and named_arch != arch:
+        raise UserError(f'--repo-id {repo_id} is named for {named_arch} but --model is {arch}; name it {arch}.<tag>')
+
+
+@contextlib.contextmanager
+def _atomic_directory(path: Path) -> Iterator[Path]:
+    """Yield an empty directory beside ``path`` that replaces it on success and vanishes on any error."""
+    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.partial', dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make a published directory private to its writer
+    try:
+        yield staging
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,187 @@
+"""``timm-sknet publish --dry-run``: the repo files, timm loading them back, and refusals of user errors."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from timm.models._builder import _resolve_pretrained_source
+from timm.models._hub import _parse_model_cfg
+
+from hub_cards.results import RESULTS_FORMAT
+from timm_sknet.cli import main
+from timm_sknet.fileio import sha256_file
+
+PROVENANCE = {
+    'source_file': 'SKNet-50.caffemodel', 'source_size': '110428633', 'source_sha256': 'c' * 64,
+    'model_name': 'sknet50', 'timm_sknet_version': '0.1.0', 'timm_version': timm.__version__,
+    'torch_version': torch.__version__,
+}
+REPO_ID = 'someone/sknet50.caffe_in1k'
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory) -> Path:
+    """sknet50 weights (random, stand-ins for converted ones) with convert-caffe's provenance metadata."""
+    torch.manual_seed(0)
+    model = timm.create_model('sknet50')
+    path = tmp_path_factory.mktemp('weights') / 'sknet50.safetensors'
+    save_file(model.state_dict(), str(path), metadata=PROVENANCE)
+    return path
+
+
+def _results(weights_sha256: str, image_count: int = 50000) -> dict:
+    return {
+        'format': RESULTS_FORMAT, 'model': 'sknet50',
+        'weights': {'file': 'sknet50.safetensors', 'size': 1, 'sha256': weights_sha256},
+        'data': {'dir': '/data/imagenet/val', 'image_count': image_count, 'num_classes': 1000},
+        'evaluations': [{
+            'input_size': [3, 224, 224], 'crop_pct': 0.875, 'crop_mode': 'center', 'interpolation': 'bilinear',
+            'image_count': image_count, 'top1_correct': 10, 'top5_correct': 30,
+            'top1': 100 * 10 / image_count, 'top5': 100 * 30 / image_count,
+        }],
+        'device': 'cpu', 'command': 'timm-sknet validate ...',
+        'versions': {'timm_sknet': '0.1.0', 'timm': '1.0.31', 'torch': '2.15.0', 'python': '3.11.2'},
+    }
+
+
+def _cli(monkeypatch, *argv: str) -> int:
+    monkeypatch.setattr(sys, 'argv', ['timm-sknet', *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code
+
+
+def _publish(monkeypatch, weights: Path, out: Path, *extra: str) -> int:
+    return _cli(monkeypatch, 'publish', '--model', 'sknet50', '--weights', str(weights), '--repo-id', REPO_ID,
+                '--dry-run', '--output-dir', str(out), *extra)
+
+
+def test_dry_run_writes_loadable_repo(monkeypatch, tmp_path, weights):
+    out = tmp_path / 'repo'
+    assert _publish(monkeypatch, weights, out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert sha256_file(out / 'model.safetensors') == sha256_file(weights)
+    config = json.loads((out / 'config.json').read_text())
+    assert config['architecture'] == 'sknet50'
+    assert config['pretrained_cfg']['test_input_size'] == [3, 320, 320]
+    # as `hf-hub:` reads it: the weights come from model.safetensors by name, so timm never tries a pickle
+    pretrained_cfg, arch, _ = _parse_model_cfg(config, {'hf_hub_id': REPO_ID, 'source': 'hf-hub'})
+    assert arch == 'sknet50'
+    assert _resolve_pretrained_source(pretrained_cfg) == ('hf-hub', (REPO_ID, 'model.safetensors'))
+    assert 'not yet validated' in (out / 'README.md').read_text()
+
+    model = timm.create_model(f'local-dir:{out}', pretrained=True)
+    expected = load_file(str(weights))
+    assert model.state_dict().keys() == expected.keys()
+    assert all(torch.equal(expected[k], v) for k, v in model.state_dict().items())
+    assert model.pretrained_cfg['crop_pct'] == 0.875 and model.pretrained_cfg['interpolation'] == 'bilinear'
+
+    # same inputs, same bytes: a real upload of them again is dropped by the Hub as unchanged
+    again = tmp_path / 'again'
+    assert _publish(monkeypatch, weights, again) == 0
+    for name in ('README.md', 'config.json', 'model.safetensors'):
+        assert (again / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_dry_run_with_matching_results_has_model_index(monkeypatch, tmp_path, weights):
+    results = tmp_path / 'results.json'
+    results.write_text(json.dumps(_results(sha256_file(weights))))
+    out = tmp_path / 'repo'
+    assert _publish(monkeypatch, weights, out, '--results', str(results)) == 0
+    card = (out / 'README.md').read_text()
+    assert 'model-index:' in card and 'not yet validated' not in card
+    assert '| 224 x 224 | bilinear to 256, crop 224 | 79.21 | 0.020 | -79.190 | 0.060 |' in card
+
+
+USER_ERRORS = {  # case -> what the one-line message must say
+    'results_for_other_weights': 'measured on other weights',
+    'results_on_a_subset': 'covers 8 images',
+    'not_a_results_file': 'is not a timm-sknet validate results file',
+    'missing_weights': 'does not exist',
+    'wrong_model': 'holds sknet50 weights, not sknet101',
+    'no_provenance': 'lacks source_file',
+    'existing_output': 'pass --force',
+    'dry_run_without_output_dir': '--output-dir',
+    'bad_repo_id': 'must be NAMESPACE/NAME',
+    'repo_named_for_other_model': 'named for sknet101',
+    'unreleased_model': 'no released Caffe weights',
+}
+
+
+@pytest.mark.parametrize('case', USER_ERRORS)
+def test_publish_user_errors(monkeypatch, tmp_path, weights, capsys, case):
+    out = tmp_path / 'repo'
+    model, weights_arg, repo_id, extra = 'sknet50', weights, REPO_ID, ['--dry-run', '--output-dir', str(out)]
+    if case == 'results_for_other_weights':
+        (tmp_path / 'r.json').write_text(json.dumps(_results('0' * 64)))
+        extra += ['--results', str(tmp_path / 'r.json')]
+    elif case == 'results_on_a_subset':
+        (tmp_path / 'r.json').write_text(json.dumps(_results(sha256_file(weights), image_count=8)))
+        extra += ['--results', str(tmp_path / 'r.json')]
+    elif case == 'missing_weights':
+        weights_arg = tmp_path / 'absent.safetensors'
+    elif case == 'wrong_model':
+        model, repo_id = 'sknet101', 'someone/my-sknet'
+    elif case == 'no_provenance':
+        weights_arg = tmp_path / 'bare.safetensors'
+        save_file(load_file(str(weights)), str(weights_arg))
+    elif case == 'existing_output':
+        out.mkdir()
+        (out / 'keep').write_text('mine')
+    elif case == 'dry_run_without_output_dir':
+        extra = ['--dry-run']
+    elif case == 'bad_repo_id':
+        repo_id = 'sknet50.caffe_in1k'
+    elif case == 'repo_named_for_other_model':
+        repo_id = 'someone/sknet101.caffe_in1k'
+    elif case == 'unreleased_model':
+        model = 'sknet26'
+    elif case == 'not_a_results_file':
+        (tmp_path / 'r.json').write_text(json.dumps({'format': RESULTS_FORMAT, 'top1': 80.0}))
+        extra += ['--results', str(tmp_path / 'r.json')]
+    code = _cli(monkeypatch, 'publish', '--model', model, '--weights', str(weights_arg), '--repo-id', repo_id, *extra)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.startswith('timm-sknet: error: ') and err.count('\n') == 1
+    assert USER_ERRORS[case] in err
+    if case == 'existing_output':
+        assert [p.name for p in out.iterdir()] == ['keep']
+    else:
+        assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # no staging left behind
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize('token, expected', [
+    (None, 'no Hugging Face token'),
+    ('hf_not_a_real_token', 'failed: ConnectError'),
+])
+def test_upload_failures_are_one_line(tmp_path, weights, token, expected):
+    """A real upload: refused without a token (HF_HOME in tmp, no HF_TOKEN) before any network access; with one,
+    a Hub that does not answer (a closed loopback port) gives one line and leaves no --output-dir behind."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith('HF_')}
+    env.update(HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT=f'http://127.0.0.1:{_free_port()}')
+    if token:
+        env['HF_TOKEN'] = token
+    out = tmp_path / 'repo'
+    proc = subprocess.run(
+        [sys.executable, '-c', 'from timm_sknet.cli import main; main()', 'publish', '--model', 'sknet50',
+         '--weights', str(weights), '--repo-id', REPO_ID, '--output-dir', str(out)],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.startswith('timm-sknet: error: ') and proc.stderr.count('\n') == 1
+    assert expected in proc.stderr
+    if token:
+        assert token not in proc.stderr + proc.stdout
+    assert [p.name for p in tmp_path.iterdir() if p.name != 'hf'] == []  # neither --output-dir nor staging
