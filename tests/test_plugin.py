@@ -170,3 +170,18 @@ print(json.dumps(dict(
 ''')
     assert result['resnet'] == 'ResNet' and not result['sknet']
     assert len(result['warnings']) == 1 and AUTOLOAD_ENV in result['warnings'][0]
+
+
+def test_explicit_import_before_timm_registers_with_autoload_off(wheel_install):
+    """``import timm_sknet`` loads no torch; the models register once timm is imported, autoload or not."""
+    result = wheel_install.run(f'''
+import os
+os.environ[{AUTOLOAD_ENV!r}] = '0'
+import timm_sknet
+import timm_sknet.errors, timm_sknet.fileio
+before = state()
+import timm
+print(json.dumps(dict(before=before, registered=timm.is_model('sknet50'), after=state())))
+''')
+    assert 'torch' not in result['before']['modules'] and result['before']['hooks_waiting'] == 1
+    assert result['registered'] and result['after']['hooks_waiting'] == 0

@@ -1,5 +1,30 @@
-"""timm-sknet: Selective Kernel Networks in timm's model registry. Importing it registers the models."""
-from .layers import SKAttention, SKBasicBlock, SKBottleneck, SKConv
-from .sknet import SKNet
+"""timm-sknet: Selective Kernel Networks in timm's model registry.
+
+``import timm_sknet`` registers the models with timm: at once if timm is loaded, otherwise the moment it is.
+Until then nothing here imports torch, so torch-free tools (``convert-caffe`` without ``--verify``) stay light.
+"""
+import importlib
+import sys
 
 __version__ = '0.1.0'
+__all__ = ['SKAttention', 'SKBasicBlock', 'SKBottleneck', 'SKConv', 'SKNet']
+
+_LAZY_ATTRIBUTES = {
+    'SKAttention': 'layers', 'SKBasicBlock': 'layers', 'SKBottleneck': 'layers', 'SKConv': 'layers',
+    'SKNet': 'sknet'}
+
+
+def __getattr__(name: str):
+    if name in _LAZY_ATTRIBUTES:
+        return getattr(importlib.import_module(f'{__name__}.{_LAZY_ATTRIBUTES[name]}'), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+if 'timm' in sys.modules:
+    importlib.import_module(f'{__name__}.sknet')
+else:
+    try:  # the copy the start-up hook already runs from, so only one hook is ever waiting
+        import _timm_sknet_autoload as _autoload
+    except ImportError:  # a source tree that was never installed
+        from . import _autoload
+    _autoload.install(explicit=True)

@@ -21,12 +21,12 @@ def autoload_enabled() -> bool:
     return os.environ.get(AUTOLOAD_ENV, '1').strip().lower() not in _DISABLED_VALUES
 
 
-def _register_models() -> None:
-    if not autoload_enabled():  # os.environ may have changed since start-up
+def _register_models(explicit: bool) -> None:
+    if not (explicit or autoload_enabled()):  # os.environ may have changed since start-up
         return
     import importlib
     try:
-        importlib.import_module('timm_sknet')
+        importlib.import_module('timm_sknet.sknet')  # its @register_model functions fill timm's registry
     except Exception as e:  # a broken plugin must never break `import timm` itself
         import warnings
         warnings.warn(
@@ -37,8 +37,9 @@ def _register_models() -> None:
 class _RegisterAfterExec:
     """Loader wrapper: runs timm's real loader, hands the module back to it, then registers the models."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, explicit: bool):
         self.loader = loader
+        self.explicit = explicit
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
@@ -47,11 +48,17 @@ class _RegisterAfterExec:
         # leave no trace of this wrapper on the imported module
         module.__loader__ = module.__spec__.loader = self.loader
         self.loader.exec_module(module)
-        _register_models()
+        _register_models(self.explicit)
 
 
 class TimmImportHook:
-    """``sys.meta_path`` finder that fires once, on the import of the top-level ``timm`` package."""
+    """``sys.meta_path`` finder that fires once, on the import of the top-level ``timm`` package.
+
+    ``explicit``: ``import timm_sknet`` asked for the models, so they register even with autoload switched off.
+    """
+
+    def __init__(self):
+        self.explicit = False
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != 'timm':
@@ -61,12 +68,17 @@ class TimmImportHook:
         spec = importlib.util.find_spec(fullname)
         if spec is None or spec.loader is None:
             return spec
-        spec.loader = _RegisterAfterExec(spec.loader)
+        spec.loader = _RegisterAfterExec(spec.loader, self.explicit)
         return spec
 
 
-def install() -> None:
-    """Called by the ``.pth`` line at start-up."""
+def install(explicit: bool = False) -> None:
+    """Wait for ``import timm``: called by the ``.pth`` line at start-up, and by ``import timm_sknet`` (explicit)."""
     # Python 3.11's site runs a venv's .pth import lines twice (venv() and main() both add site-packages)
-    if autoload_enabled() and not any(isinstance(finder, TimmImportHook) for finder in sys.meta_path):
-        sys.meta_path.insert(0, TimmImportHook())
+    hook = next((finder for finder in sys.meta_path if isinstance(finder, TimmImportHook)), None)
+    if hook is None:
+        if not (explicit or autoload_enabled()):
+            return
+        hook = TimmImportHook()
+        sys.meta_path.insert(0, hook)
+    hook.explicit = hook.explicit or explicit

@@ -1,0 +1,94 @@
+"""``convert-caffe``: a caffemodel of the SKNet Caffe release -> timm ``.safetensors``, optionally verified.
+
+    convert-caffe SKNet-50.caffemodel --model sknet50 --output sknet50.safetensors [--verify]
+
+The converted weights expect timm's data config of the model (RGB, ``(x / 255 - mean) / std`` with the
+release's mean and a std of 1/255); ``--verify`` runs the caffemodel through OpenCV's Caffe importer under
+the release's own convention (BGR, 0..255 minus (104, 117, 123)) and compares the logits.
+
+Without ``--verify`` nothing here imports torch or timm: their import alone takes several times the memory
+of converting a 200 MB caffemodel (see ``convert.py``).
+"""
+import argparse
+import os
+from importlib.metadata import version
+from pathlib import Path
+
+from safetensors.numpy import save_file
+
+import timm_sknet
+from timm_sknet.errors import UserError, run_cli
+from timm_sknet.fileio import atomic_output, check_can_write, sha256_file
+
+from .caffe_proto import read_caffemodel, read_prototxt
+from .convert import InferenceGraph, caffe_state_dict, convertible_models, target_spec
+
+VERIFY_IMAGES = 2  # generated images when no --image is given: enough for logits, quick on 2 CPU cores
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('caffemodel', help='the .caffemodel of the release (SKNet-50 or SKNet-101)')
+    parser.add_argument('--model', required=True, choices=convertible_models(), help='the timm model it holds')
+    parser.add_argument('--output', required=True, help='the .safetensors file to write')
+    parser.add_argument(
+        '--prototxt', help="network definition to use instead of the one the caffemodel embeds (e.g. the "
+                           "release's sknet50.prototxt)")
+    parser.add_argument('--force', action='store_true', help='overwrite an existing output')
+    parser.add_argument(
+        '--verify', action='store_true',
+        help="compare the converted model's logits with OpenCV's run of the caffemodel; fail above "
+             "1e-4 relative error (needs pip install 'timm-sknet[verify]')")
+    parser.add_argument(
+        '--image', action='append', metavar='FILE',
+        help=f'with --verify: an image to compare on (repeatable; default {VERIFY_IMAGES} generated images)')
+
+
+def run(args: argparse.Namespace) -> int:
+    output = check_can_write(args.output, args.force)
+    if Path(args.caffemodel).resolve() == output.resolve():
+        raise UserError('--output is the caffemodel itself; choose another file')
+    if args.image and not args.verify:
+        raise UserError('--image only has an effect with --verify')
+    spec = target_spec(args.model)
+    weights = read_caffemodel(args.caffemodel)
+    if args.prototxt:
+        graph_net = read_prototxt(args.prototxt)
+    elif not any(layer.type for layer in weights.layer):
+        raise UserError(f'{args.caffemodel} holds weights but no layer definitions; pass its --prototxt')
+    else:
+        graph_net = weights
+    graph = InferenceGraph(graph_net)
+    tensors = caffe_state_dict(graph, weights, spec)
+    print(f'{Path(args.caffemodel).name}: {len(graph.matches)} weighted layers -> {len(tensors)} tensors of '
+          f'{args.model} (BN num_batches_tracked left at 0)')
+
+    metadata = {
+        'source_file': Path(args.caffemodel).name,
+        'source_size': str(os.path.getsize(args.caffemodel)),
+        'source_sha256': sha256_file(args.caffemodel),
+        'model_name': args.model,
+        'timm_sknet_version': timm_sknet.__version__,
+        'timm_version': version('timm'),  # installed versions, read without importing either
+        'torch_version': version('torch'),
+    }
+    if args.verify:
+        from .verify import verify_conversion  # imports torch and timm: only here
+        metadata.update(verify_conversion(graph, weights, tensors, args.model, args.image, VERIFY_IMAGES))
+    with atomic_output(output) as tmp:
+        save_file(tensors, tmp, metadata)
+    print(f'wrote {output}; load it with timm.create_model({args.model!r}, pretrained=True, '
+          f'pretrained_cfg_overlay=dict(file={str(output)!r}))')
+    return 0
+
+
+def main() -> None:
+    def _main() -> int:
+        parser = argparse.ArgumentParser(prog='convert-caffe', description=__doc__.split('\n')[0])
+        configure_parser(parser)
+        return run(parser.parse_args())
+
+    run_cli('convert-caffe', _main)
+
+
+if __name__ == '__main__':
+    main()
