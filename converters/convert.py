@@ -202,11 +202,7 @@ class _Converter:
         match = producer and self.graph.matches.get(producer.layer.name)
         if not (match and match.bn_module and producer.layer.type == 'Convolution'):
             raise UserError(f"{layer.type} layer '{layer.name}' does not follow a convolution that has a BN")
-        bn = self.modules.get(match.bn_module)
-        if bn is None or bn['type'] != 'BatchNorm2d':
-            raise UserError(
-                f"{layer.type} layer '{layer.name}' fills {match.bn_module}, which {self.model_name} does not have "
-                f'as a BatchNorm2d: the caffemodel does not match --model {self.model_name}')
+        bn = self.modules[match.bn_module]
         eps_caffe = bn_eps(layer)
         # bn_eps: timm's eps is fixed, so a different Caffe eps moves into the variance
         eps_delta = 0. if np.float32(eps_caffe) == np.float32(bn['eps']) else eps_caffe - bn['eps']
@@ -238,10 +234,10 @@ class _Converter:
         stride = (p.stride_h, p.stride_w) if p.HasField('stride_h') else (p.stride,) * 2
         pad = (p.pad_h, p.pad_w) if p.HasField('pad_h') else (p.pad,) * 2
         if p.pool == p.MAX:
-            pool = self.modules.get('maxpool')  # the models in the release format have the Caffe ceil-mode stem pool
+            pool = self.modules['maxpool']  # the models in the release format have the Caffe ceil-mode MaxPool2d
             found = (kernel, stride, pad, p.ceil_mode, p.global_pooling)
-            ok = pool is not None and pool['type'] == 'MaxPool2d' and found == (
-                tuple(pool['kernel']), tuple(pool['stride']), tuple(pool['padding']), pool['ceil_mode'], False)
+            expected = (tuple(pool['kernel']), tuple(pool['stride']), tuple(pool['padding']), pool['ceil_mode'], False)
+            ok = found == expected
         else:
             ok = p.pool == p.AVE and (p.global_pooling or (kernel == self.head_map and pad == (0, 0)))
         if not ok:

@@ -37,7 +37,7 @@ def _module_record(module: nn.Module) -> Optional[Dict[str, Any]]:
             dilation=list(module.dilation), groups=module.groups)
     if isinstance(module, nn.Linear):
         return dict(type='Linear')
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+    if isinstance(module, nn.BatchNorm2d):
         return dict(type='BatchNorm2d', eps=module.eps)
     if isinstance(module, nn.MaxPool2d):
         return dict(
@@ -91,7 +91,8 @@ def main() -> int:
         print(f'{len(shipped)} specs in {SPEC_DIR} are up to date')
         return 0
     if not args.write:
-        print(f'the specs in {SPEC_DIR} differ from the timm models; regenerate them: python -m converters.spec --write')
+        print(f'the specs in {SPEC_DIR} differ from the timm models; '
+              'regenerate them: python -m converters.spec --write')
         return 1
     for name in shipped.keys() - generated.keys():
         (SPEC_DIR / f'{name}.json').unlink()
