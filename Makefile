@@ -14,5 +14,7 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m converters.demo
 
+# timm's own model tests come from the sdist of the installed timm (PyPI, once); the tests run offline.
 test: $(VENV)/.installed
+	$(PY) tests/timm_suite/run.py --fetch
 	$(PY) -m pytest -q
