@@ -7,13 +7,14 @@ State-dict layout (shared by the Caffe converter and timm's ``skresnext50_32x4d`
 ``attn.fc_select.weight`` whose ``M * C`` outputs are path-major (all channels of path 0 first), exactly
 the order of Caffe's ``B_fc2`` -> ``Reshape(0, M, -1, 0)``.
 """
-from typing import Optional, Sequence, Type
+from typing import Optional, Sequence, Tuple, Type
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-from timm.layers import ConvNormAct
+from timm.layers import ConvNormAct, register_notrace_module
 
-__all__ = ['SKAttention', 'SKConv', 'SKBottleneck', 'SKBasicBlock', 'sk_attn_channels']
+__all__ = ['ConvNormActFold', 'SKAttention', 'SKConv', 'SKBottleneck', 'SKBasicBlock', 'sk_attn_channels']
 
 
 def sk_attn_channels(channels: int, rd_ratio: float = 1. / 16, min_channels: int = 32) -> int:
@@ -29,6 +30,98 @@ def _path_geometry(kernel_size: int, dilation: int, dilate_large_kernels: bool):
         path_dilation = dilation * (kernel_size - 1) // 2
         return 3, path_dilation, path_dilation
     return kernel_size, dilation, dilation * (kernel_size - 1) // 2
+
+
+def _onednn_fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN's fused conv ops apply: plain fp32 CPU tensors and nothing needing a gradient (the ops have
+    no backward); not while torch.compile, export or the JIT tracer records a graph (they fuse by themselves)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return (
+        type(x) is torch.Tensor and x.device.type == 'cpu' and x.dtype == torch.float32
+        and weight.dtype == torch.float32 and not (x.requires_grad or weight.requires_grad)
+        and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+@register_notrace_module  # whether to fold depends on the input shape
+class ConvNormActFold(ConvNormAct):
+    """``ConvNormAct`` (same modules, same state dict) that folds a BatchNorm on running statistics into the conv.
+
+    With running statistics (eval) the norm is a per-channel affine map: it scales the conv weights and becomes
+    the conv's bias, one pass over the weights instead of one over the activations. The fold is taken only where
+    the weights are the smaller (not for wide 1x1 convs on small maps, e.g. stage 4 at batch 1). It is
+    differentiable, so gradients in eval still reach every parameter. On CPU without autograd, conv + bias + ReLU
+    (or + residual) is then a single oneDNN call. Batch statistics (training) run conv -> norm as ``ConvNormAct``.
+    When folded, the norm module itself is not called (hooks on ``bn`` do not fire; hooks on this module do).
+
+    ``residual``, when given, is added to the output (after the norm's activation).
+    """
+
+    def fold(self, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """(weight, bias) of the conv with the norm folded in; None for batch statistics or where it costs more."""
+        if not (hasattr(self.bn, 'running_var') and hasattr(self.bn, 'act') and hasattr(self.bn, 'drop')):
+            return None  # not a BatchNorm (+ act) module
+        running_mean, running_var = self.bn.running_mean, self.bn.running_var
+        if running_mean is None or running_var is None or self.bn.training:
+            return None
+        weight = self.conv.weight
+        stride = self.conv.stride
+        out_pixels = x.shape[0] * (x.shape[-2] // stride[0]) * (x.shape[-1] // stride[1])
+        if weight.numel() // weight.shape[0] > out_pixels:
+            return None
+        norm_weight, norm_bias, conv_bias = self.bn.weight, self.bn.bias, self.conv.bias
+        scale = torch.rsqrt(running_var + self.bn.eps)
+        if norm_weight is not None:
+            scale = scale * norm_weight
+        if norm_bias is not None:
+            bias = torch.addcmul(norm_bias, running_mean, scale, value=-1.)
+        else:
+            bias = -running_mean * scale
+        if conv_bias is not None:
+            bias = torch.addcmul(bias, conv_bias, scale)
+        return weight * scale.reshape(-1, 1, 1, 1), bias
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        folded = self.fold(x)
+        if folded is None:
+            x = self.bn(self.conv(x))
+        else:
+            weight, bias = folded
+            if not torch.jit.is_scripting():
+                out = self._forward_onednn(x, weight, bias, residual)
+                if out is not None:
+                    return out
+            x = self.bn.act(self.bn.drop(self.conv._conv_forward(x, weight, bias)))
+        if residual is not None:
+            if isinstance(self.bn.act, nn.Identity):
+                x += residual  # nothing saves the norm's output for backward
+            else:
+                x = x + residual
+        return x
+
+    @torch.jit.unused
+    def _forward_onednn(
+            self,
+            x: torch.Tensor,
+            weight: torch.Tensor,
+            bias: torch.Tensor,
+            residual: Optional[torch.Tensor],
+    ) -> Optional[torch.Tensor]:
+        """conv + bias + ReLU, or conv + bias + residual, as one oneDNN call; None where that does not apply."""
+        conv, act, drop = self.conv, self.bn.act, self.bn.drop
+        if not _onednn_fusable(x, weight) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+            return None
+        if drop.training and not isinstance(drop, nn.Identity):
+            return None
+        if residual is None and isinstance(act, (nn.ReLU, nn.Identity)):
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+                'relu' if isinstance(act, nn.ReLU) else 'none', [], '')
+        if residual is not None and isinstance(act, nn.Identity) and residual.dtype == x.dtype:
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, residual, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+                'add', None, None, [], None)
+        return None
 
 
 class SKAttention(nn.Module):
@@ -57,9 +150,12 @@ class SKAttention(nn.Module):
         self.fc_select = nn.Conv2d(attn_channels, channels * num_paths, kernel_size=1, bias=False, **dd)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.bn(self.fc_reduce(pooled)))
-        x = self.fc_select(x)
-        return x.view(x.shape[0], self.num_paths, -1, 1, 1).softmax(dim=1)
+        # The 1x1 convs (the checkpoint layout) act on a 1x1 map: as GEMMs they skip the conv setup.
+        batch = pooled.shape[0]
+        x = F.linear(pooled.flatten(1), self.fc_reduce.weight.flatten(1), self.fc_reduce.bias)
+        x = self.act(self.bn(x.view(batch, -1, 1, 1)))
+        x = F.linear(x.flatten(1), self.fc_select.weight.flatten(1), self.fc_select.bias)
+        return x.view(batch, self.num_paths, -1, 1, 1).softmax(dim=1)
 
 
 class SKConv(nn.Module):
@@ -70,6 +166,9 @@ class SKConv(nn.Module):
     Fuse: global average of the sum of the paths -> ``SKAttention``. Select: softmax-weighted sum of paths.
     ``attention=False`` is the paper's no-attention baseline: the plain sum of the paths.
     ``split_input=True`` feeds each path 1/M of the input channels (timm's ``skresnet*`` variant).
+
+    Computed without stacking the paths: their sum is never materialised (Fuse pools each path), and Select
+    accumulates the weighted paths in place; without autograd the output reuses path 0's output buffer.
     """
 
     def __init__(
@@ -106,7 +205,7 @@ class SKConv(nn.Module):
         self.paths = nn.ModuleList()
         for k in kernel_size:
             k, d, p = _path_geometry(k, dilation, dilate_large_kernels)
-            self.paths.append(ConvNormAct(
+            self.paths.append(ConvNormActFold(
                 path_in, out_channels, kernel_size=k, stride=stride, padding=p, dilation=d, groups=groups,
                 act_layer=act_layer, norm_layer=norm_layer, drop_layer=drop_layer, **dd))
         self.attn = None
@@ -125,14 +224,22 @@ class SKConv(nn.Module):
             for f in feats[1:]:
                 out = out + f
             return out
-        # Fuse without materialising the sum: the mean of a sum is the sum of the means.
-        pooled = feats[0].mean((2, 3), keepdim=True)
+        # Fuse without materialising the sum of the paths: its mean is the sum of the paths' means. Spatial sums
+        # scaled once (not means) give a backward that broadcasts one gradient per channel instead of
+        # materialising a full-size one per path.
+        pooled = feats[0].sum((2, 3), keepdim=True)
         for f in feats[1:]:
-            pooled = pooled + f.mean((2, 3), keepdim=True)
-        weights = self.attn(pooled)
-        out = feats[0] * weights[:, 0]
+            pooled = pooled + f.sum((2, 3), keepdim=True)
+        weights = self.attn(pooled / (feats[0].shape[-2] * feats[0].shape[-1]))
+        weights = weights.to(feats[0].dtype)  # under autocast: keep the output in the paths' dtype
+        # Select, accumulating in place: into a fresh product under autograd (neither mul nor addcmul saves its
+        # output), into path 0's own buffer without autograd (no allocation, no page faults for a fresh one).
+        if torch.is_grad_enabled():
+            out = feats[0] * weights[:, 0]
+        else:
+            out = feats[0].mul_(weights[:, 0])
         for m in range(1, len(feats)):
-            out = torch.addcmul(out, feats[m], weights[:, m])
+            out.addcmul_(feats[m], weights[:, m])
         return out
 
 
@@ -170,13 +277,13 @@ class SKBottleneck(nn.Module):
         width = int(planes * (base_width / 64)) * cardinality
         first_planes = width // reduce_first
         outplanes = planes * self.expansion
-        self.conv1 = ConvNormAct(inplanes, first_planes, kernel_size=1, act_layer=act_layer,
-                                 norm_layer=norm_layer, **dd)
+        self.conv1 = ConvNormActFold(inplanes, first_planes, kernel_size=1, act_layer=act_layer,
+                                     norm_layer=norm_layer, **dd)
         self.conv2 = SKConv(
             first_planes, width, stride=stride, dilation=first_dilation or dilation, groups=groups,
             act_layer=act_layer, norm_layer=norm_layer, drop_layer=drop_block, **sk_kwargs, **dd)
-        self.conv3 = ConvNormAct(width, outplanes, kernel_size=1, apply_act=False, act_layer=act_layer,
-                                 norm_layer=norm_layer, **dd)
+        self.conv3 = ConvNormActFold(width, outplanes, kernel_size=1, apply_act=False, act_layer=act_layer,
+                                     norm_layer=norm_layer, **dd)
         self.act = act_layer(inplace=True)
         self.downsample = downsample
         self.drop_path = drop_path
@@ -186,12 +293,13 @@ class SKBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.conv3(self.conv2(self.conv1(x)))
-        if self.drop_path is not None:
-            x = self.drop_path(x)
+        x = self.conv2(self.conv1(x))
         if self.downsample is not None:
             shortcut = self.downsample(shortcut)
-        x += shortcut
+        if self.drop_path is None:
+            x = self.conv3(x, shortcut)
+        else:
+            x = self.drop_path(self.conv3(x)) + shortcut
         return self.act(x)
 
 
@@ -232,8 +340,8 @@ class SKBasicBlock(nn.Module):
         self.conv1 = SKConv(
             inplanes, first_planes, stride=stride, dilation=first_dilation or dilation, groups=groups,
             act_layer=act_layer, norm_layer=norm_layer, drop_layer=drop_block, **sk_kwargs, **dd)
-        self.conv2 = ConvNormAct(first_planes, planes, kernel_size=3, padding=dilation, dilation=dilation,
-                                 apply_act=False, act_layer=act_layer, norm_layer=norm_layer, **dd)
+        self.conv2 = ConvNormActFold(first_planes, planes, kernel_size=3, padding=dilation, dilation=dilation,
+                                     apply_act=False, act_layer=act_layer, norm_layer=norm_layer, **dd)
         self.act = act_layer(inplace=True)
         self.downsample = downsample
         self.drop_path = drop_path
@@ -243,10 +351,11 @@ class SKBasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.conv2(self.conv1(x))
-        if self.drop_path is not None:
-            x = self.drop_path(x)
+        x = self.conv1(x)
         if self.downsample is not None:
             shortcut = self.downsample(shortcut)
-        x += shortcut
+        if self.drop_path is None:
+            x = self.conv2(x, shortcut)
+        else:
+            x = self.drop_path(self.conv2(x)) + shortcut
         return self.act(x)

@@ -1,0 +1,319 @@
+"""SKNet-50 speed against timm's ``skresnext50_32x4d`` (the same network) and ``resnext50_32x4d`` (the cost floor).
+
+    python benchmarks/bench_sk.py                  # eval at batch 1 and 8, a training step at batch 8; NCHW and
+                                                   # channels_last; eager (add --compile for torch.compile too)
+    python benchmarks/bench_sk.py --quick          # smoke test: 3 repeats, batch 8 only, eager only
+
+Every case (mode, batch, memory format, backend) times the models round-robin in one process, one iteration each
+per round, so load from other processes hits all of them alike; a model's figure is the median over rounds.
+``sknet50`` differs from ``skresnext50_32x4d`` only by its stem pool (Caffe's pad-0 ceil-mode pool), which costs
+the same. On a GPU everything runs under bf16 autocast and peak memory is ``torch.cuda.max_memory_allocated``;
+on CPU the training step's peak memory is reported twice: the peak of live tensor bytes (torch.profiler memory
+events: exact, deterministic, but blind to oneDNN's private scratch buffers) and the growth of the process's
+peak RSS over the step (everything the process touches, allocator caching included; Linux only).
+"""
+import argparse
+import copy
+import ctypes
+import gc
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import timm
+from timm_sknet.errors import UserError, run_cli  # importing timm_sknet registers sknet50
+
+OURS, TIMM_SK, FLOOR = 'sknet50', 'skresnext50_32x4d', 'resnext50_32x4d'
+FORMATS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
+# The issue's acceptance ratios (2-core CPU, each model in its faster memory format): (mode, batch, backend) ->
+# [(other model, minimum of sknet50 / other)].
+TARGETS = {
+    ('eval', 8, 'eager'): [(TIMM_SK, 1.25), (FLOOR, 0.85)],
+    ('train', 8, 'eager'): [(TIMM_SK, 1.1)],
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    mode: str  # 'eval' or 'train'
+    batch_size: int
+    memory_format: str  # a FORMATS key
+    backend: str  # 'eager' or 'compile'
+
+    def __str__(self) -> str:
+        return f'{self.mode} b{self.batch_size} {self.memory_format} {self.backend}'
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', default=f'{OURS},{TIMM_SK},{FLOOR}', help='comma-separated timm model names')
+    parser.add_argument('--eval-batch-sizes', help='comma-separated; empty: no eval cases (default: 1,8)')
+    parser.add_argument('--train-batch-size', type=int, default=8, help='0: no training cases')
+    parser.add_argument('--formats', default='nchw,channels_last', help=f'comma-separated, of {sorted(FORMATS)}')
+    parser.add_argument('--compile', action='store_true', help='also time torch.compile (inductor) versions')
+    parser.add_argument('--compile-only', action='store_true', help='time torch.compile versions only')
+    parser.add_argument('--img-size', type=int, default=224)
+    parser.add_argument('--repeats', type=int, help='timed rounds per case (default: 10)')
+    parser.add_argument('--warmup', type=int, help='untimed rounds per case (default: 2)')
+    parser.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
+    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave the default)')
+    parser.add_argument(
+        '--quick', action='store_true', help='smoke test: defaults become --repeats 3 --warmup 1 --eval-batch-sizes 8')
+    args = parser.parse_args(argv)
+    defaults = dict(repeats=3, warmup=1, eval_batch_sizes='8') if args.quick else \
+        dict(repeats=10, warmup=2, eval_batch_sizes='1,8')
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def _split(text: str) -> List[str]:
+    return [t.strip() for t in text.split(',') if t.strip()]
+
+
+def build_cases(args: argparse.Namespace) -> List[Case]:
+    backends = ['compile'] if args.compile_only else ['eager', 'compile'] if args.compile else ['eager']
+    formats = _split(args.formats)
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise UserError(f'unknown --formats {sorted(unknown)}; choose from {sorted(FORMATS)}')
+    modes = [('eval', int(b)) for b in _split(args.eval_batch_sizes)]
+    if args.train_batch_size > 0:
+        modes.append(('train', args.train_batch_size))
+    return [Case(mode, batch, fmt, backend) for backend in backends for mode, batch in modes for fmt in formats]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def make_step(model: nn.Module, case: Case, device: torch.device, img_size: int) -> Callable[[], None]:
+    """One iteration of ``case`` on ``model`` (already in the case's memory format and mode), synchronised."""
+    memory_format = FORMATS[case.memory_format]
+    x = torch.randn(case.batch_size, 3, img_size, img_size, device=device).contiguous(memory_format=memory_format)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
+    net = torch.compile(model, dynamic=False) if case.backend == 'compile' else model
+    if case.mode == 'eval':
+        def step():
+            with torch.inference_mode(), autocast:
+                net(x)
+            _sync(device)
+        return step
+
+    target = torch.randint(0, 1000, (case.batch_size,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        with autocast:
+            loss = F.cross_entropy(net(x), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+    return step
+
+
+def time_round_robin(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int) -> Dict[str, List[float]]:
+    """Seconds per iteration of each step, interleaved: every round runs each step once."""
+    times = {name: [] for name in steps}
+    for round_idx in range(warmup + repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_idx >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _proc_status_kib(field: str) -> Optional[int]:
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def cpu_rss_peak_growth(step: Callable[[], None]) -> Optional[int]:
+    """Growth of the peak RSS over one step, in bytes (Linux: VmHWM reset through /proc/self/clear_refs)."""
+    gc.collect()
+    _malloc_trim()  # hand cached heap back so the baseline is what is really live
+    base = _proc_status_kib('VmRSS')
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    step()
+    peak = _proc_status_kib('VmHWM')
+    return None if base is None or peak is None else (peak - base) * 1024
+
+
+def tensor_peak_growth(step: Callable[[], None], device: torch.device) -> int:
+    """Peak of live tensor bytes over one step above those live before it."""
+    if device.type == 'cuda':
+        _sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        return torch.cuda.max_memory_allocated(device) - base
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def describe_machine(device: torch.device) -> str:
+    if device.type == 'cuda':
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = platform.processor() or platform.machine()
+        try:
+            with open('/proc/cpuinfo') as f:
+                where = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+        except (OSError, StopIteration):
+            pass
+        where += f', {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}'
+    return f'{where}; torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}'
+
+
+def _load() -> str:
+    try:
+        return ' / '.join(f'{v:.1f}' for v in os.getloadavg())
+    except OSError:
+        return 'n/a'
+
+
+def _mib(nbytes: Optional[int]) -> str:
+    return 'n/a' if nbytes is None else f'{nbytes / 2 ** 20:.0f}'
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == 'auto':
+        device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    else:
+        device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UserError('--device cuda: no CUDA device is visible; use --device cpu')
+    torch.manual_seed(0)
+    # Every model shares ResNet.forward: without headroom dynamo would stop compiling after a few variants.
+    torch._dynamo.config.cache_size_limit = 64
+    torch._dynamo.config.accumulated_cache_size_limit = 512
+    names = _split(args.models)
+    unknown = [n for n in names if not timm.is_model(n)]
+    if unknown:
+        raise UserError(f'unknown --models {unknown}; give timm model names, e.g. {OURS},{TIMM_SK},{FLOOR}')
+    cases = build_cases(args)
+    base_models = {name: timm.create_model(name).to(device) for name in names}
+
+    print(f'machine: {describe_machine(device)}')
+    print(f'precision: {"bf16 autocast" if device.type == "cuda" else "fp32"}; image {args.img_size}px; '
+          f'{args.repeats} timed rounds (+{args.warmup} warm-up) per case, models interleaved, median reported')
+    print(f'load average at start (1/5/15 min): {_load()}\n')
+
+    results = {}  # (case, name) -> img/s
+    memory = {}  # (case, name) -> (tensor peak bytes, rss peak growth bytes)
+    for case in cases:
+        if case.backend == 'compile':
+            torch._dynamo.reset()
+        steps = {}
+        for name, base in base_models.items():
+            # train steps change weights and BN statistics: give each case fresh copies.
+            model = copy.deepcopy(base).to(memory_format=FORMATS[case.memory_format])
+            model.train(case.mode == 'train')
+            steps[name] = make_step(model, case, device, args.img_size)
+        started = time.perf_counter()
+        times = time_round_robin(steps, args.repeats, args.warmup)
+        for name, samples in times.items():
+            results[case, name] = case.batch_size / statistics.median(samples)
+        if case.mode == 'train':
+            for name, step in steps.items():
+                rss = cpu_rss_peak_growth(step) if device.type == 'cpu' else None
+                memory[case, name] = (tensor_peak_growth(step, device), rss)
+        spread = ', '.join(
+            f'{name} {results[case, name]:.2f} img/s '
+            f'(min..max {case.batch_size / max(t):.2f}..{case.batch_size / min(t):.2f})' for name, t in times.items())
+        print(f'[{case}] {spread}  ({time.perf_counter() - started:.0f} s)', flush=True)
+    print(f'\nload average at end (1/5/15 min): {_load()}')
+    # The issue's targets were set for 224px on a CPU.
+    report(names, cases, results, memory, show_targets=args.img_size == 224 and device.type == 'cpu')
+    return 0
+
+
+def report(
+        names: List[str],
+        cases: List[Case],
+        results: Dict[Tuple[Case, str], float],
+        memory: Dict[Tuple[Case, str], Tuple[int, Optional[int]]],
+        show_targets: bool,
+) -> None:
+    ratio_cols = [n for n in (TIMM_SK, FLOOR) if n in names] if OURS in names else []
+    print(f'\n## img/s (median) and {OURS} / other')
+    print('| case | ' + ' | '.join(names + [f'{OURS} / {n}' for n in ratio_cols]) + ' |')
+    print('|' + '---|' * (1 + len(names) + len(ratio_cols)))
+    for case in cases:
+        cells = [f'{results[case, n]:.2f}' for n in names]
+        cells += [f'{results[case, OURS] / results[case, n]:.2f}x' for n in ratio_cols]
+        print(f'| {case} | ' + ' | '.join(cells) + ' |')
+
+    train_cases = [c for c in cases if c.mode == 'train']
+    if train_cases:
+        print('\n## training step peak memory, MiB: tensor peak (profiler / cuda allocator) | peak RSS growth')
+        print('| case | ' + ' | '.join(names) + ' |')
+        print('|' + '---|' * (1 + len(names)))
+        for case in train_cases:
+            cells = [f'{_mib(memory[case, n][0])} \\| {_mib(memory[case, n][1])}' for n in names]
+            print(f'| {case} | ' + ' | '.join(cells) + ' |')
+
+    if OURS not in names:
+        return
+    print("\n## each model in its faster memory format (the issue's comparison)")
+    groups = sorted({(c.mode, c.batch_size, c.backend) for c in cases}, key=str)
+    for mode, batch, backend in groups:
+        group = [c for c in cases if (c.mode, c.batch_size, c.backend) == (mode, batch, backend)]
+        best = {n: max(group, key=lambda c: results[c, n]) for n in names}
+        parts = [f'{n} {results[best[n], n]:.2f} img/s ({best[n].memory_format})' for n in names]
+        ratios = [f'{OURS} / {n} = {results[best[OURS], OURS] / results[best[n], n]:.2f}x' for n in ratio_cols]
+        line = f'{mode} b{batch} {backend}: ' + ', '.join(parts) + '; ' + ', '.join(ratios)
+        if mode == 'train':
+            mem = [f'{n} {_mib(memory[best[n], n][0])} MiB' for n in names]
+            line += '; tensor peak ' + ', '.join(mem)
+        print(line)
+        if not show_targets:
+            continue
+        for other, target in TARGETS.get((mode, batch, backend), ()):
+            if other in names:
+                ratio = results[best[OURS], OURS] / results[best[other], other]
+                print(f'    issue target {OURS} / {other} >= {target}x: {"met" if ratio >= target else "NOT met"}')
+        if (mode, backend) == ('train', 'eager') and TIMM_SK in names:
+            ours_mem, timm_mem = memory[best[OURS], OURS][0], memory[best[TIMM_SK], TIMM_SK][0]
+            print(f'    issue target peak memory {OURS} <= {TIMM_SK}: {"met" if ours_mem <= timm_mem else "NOT met"}')
+
+
+if __name__ == '__main__':
+    run_cli('bench_sk', main)
