@@ -185,3 +185,17 @@ print(json.dumps(dict(before=before, registered=timm.is_model('sknet50'), after=
 ''')
     assert 'torch' not in result['before']['modules'] and result['before']['hooks_waiting'] == 1
     assert result['registered'] and result['after']['hooks_waiting'] == 0
+
+
+def test_importing_a_model_module_first_still_registers(wheel_install):
+    """``timm_sknet.layers`` imports timm mid-way through itself: the hook must still register every model."""
+    result = wheel_install.run('''
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    from timm_sknet.layers import SKConv
+    import timm
+print(json.dumps(dict(registered=timm.is_model('sknet50'), model=type(timm.create_model('sknet26')).__name__,
+                      warnings=[str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)])))
+''')
+    assert result == dict(registered=True, model='SKNet', warnings=[])

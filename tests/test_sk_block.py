@@ -1,12 +1,13 @@
 """The fast SK block against the reference formulation (timm's: stack the paths, sum, mean, attention, multiply,
 sum), written here from the same module parameters with plain functional ops."""
 import copy
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
+from timm.layers import DropBlock2d, convert_sync_batchnorm, freeze_batch_norm_2d
 
 from timm_sknet.layers import SKBottleneck, SKConv
 
@@ -66,8 +67,8 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, rtol:
     assert err <= rtol * scale, f'{what}: max abs error {err:.3g} > {rtol} x {scale:.3g}'
 
 
-def _inputs(batch: int, channels: int, size: int, memory_format, seed: int = 0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
+def _inputs(batch: int, channels: int, size: int, memory_format) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
     return torch.randn(batch, channels, size, size, generator=gen).contiguous(memory_format=memory_format)
 
 
@@ -118,6 +119,7 @@ def test_sk_conv_matches_reference(num_paths, groups, training, memory_format):
     pytest.param(dict(split_input=True), id='split_input'),
     pytest.param(dict(attention=False), id='plain_sum'),
     pytest.param(dict(stride=2, dilation=2, groups=4), id='stride_dilation'),
+    pytest.param(dict(kernel_size=(3,)), id='single_path'),
 ])
 def test_sk_conv_variants_match_reference(kwargs, memory_format):
     torch.manual_seed(0)
@@ -137,6 +139,16 @@ def test_bottleneck_matches_reference(size, memory_format):
     block = block.to(memory_format=memory_format)
     for training in (False, True):
         _check_against_reference(block, reference_bottleneck, _inputs(2, 128, size, memory_format), training)
+
+
+def test_drop_block_is_inactive_in_eval():
+    torch.manual_seed(0)
+    block = SKBottleneck(
+        64, 16, cardinality=4, base_width=32, sk_kwargs=dict(attn_channels=16),
+        drop_block=partial(DropBlock2d, drop_prob=0.5, block_size=3))
+    _randomize_norms(block)
+    block = block.to(memory_format=torch.channels_last)
+    _check_against_reference(block, reference_bottleneck, _inputs(2, 64, 8, torch.channels_last), training=False)
 
 
 def test_attention_hook_sees_the_selection_weights():

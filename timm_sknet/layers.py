@@ -32,10 +32,14 @@ def _path_geometry(kernel_size: int, dilation: int, dilate_large_kernels: bool):
     return kernel_size, dilation, dilation * (kernel_size - 1) // 2
 
 
+# The fused conv ops that inductor emits on CPU; private, so their absence only disables the fast eval path.
+_HAS_ONEDNN_CONV_FUSION = hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+
+
 def _onednn_fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether oneDNN's fused conv ops apply: plain fp32 CPU tensors and nothing needing a gradient (the ops have
     no backward); not while torch.compile, export or the JIT tracer records a graph (they fuse by themselves)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if not _HAS_ONEDNN_CONV_FUSION or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     return (
         type(x) is torch.Tensor and x.device.type == 'cpu' and x.dtype == torch.float32

@@ -13,17 +13,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from timm.layers import to_2tuple
 from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from .hub import hub_source
-from .layers import SKBasicBlock, SKBottleneck
+from . import layers as sk_layers  # a module, not its names: the autoload hook may import this file while layers is mid-import
 
 __all__ = ['SKNet']
 
-_BLOCKS = {'basic': SKBasicBlock, 'bottleneck': SKBottleneck}
+_BLOCKS = {'basic': 'SKBasicBlock', 'bottleneck': 'SKBottleneck'}
 _STEM_POOLS = ('max', 'caffe_ceil')
 
 
@@ -89,7 +88,8 @@ class SKNet(ResNet):
             kernel_size=tuple(kernel_size), attention=sk_attention, rd_ratio=sk_rd_ratio,
             min_attn_channels=sk_min_attn_channels, dilate_large_kernels=dilate_large_kernels,
             split_input=split_input, groups=sk_groups)
-        blocks = tuple(_stage_block(_BLOCKS[block], dict(sk_common, attn_channels=w)) for w in attn_widths)
+        block_cls = getattr(sk_layers, _BLOCKS[block])
+        blocks = tuple(_stage_block(block_cls, dict(sk_common, attn_channels=w)) for w in attn_widths)
         super().__init__(
             block=blocks, layers=tuple(layers), channels=channels, in_chans=in_chans,
             stem_type='' if cifar_stem else stem_type, **kwargs)
