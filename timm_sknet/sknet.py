@@ -18,7 +18,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from .hub import hub_source
-from . import layers as sk_layers  # a module, not its names: the autoload hook may import this file while layers is mid-import
+# a module, not its names: the autoload hook may import this file while layers is mid-import
+from . import layers as sk_layers
 
 __all__ = ['SKNet']
 
@@ -108,12 +109,12 @@ class SKNet(ResNet):
             # Caffe's pooling rounds the output size up with no padding: 112 -> 56 like timm's pad-1 pool,
             # but every window is shifted by one pixel, so the released weights need exactly this pool.
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                if bn_momentum is not None:
-                    m.momentum = bn_momentum
-                if bn_eps is not None:
-                    m.eps = bn_eps
+        norm_overrides = {k: v for k, v in (('momentum', bn_momentum), ('eps', bn_eps)) if v is not None}
+        if norm_overrides:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    for attr, value in norm_overrides.items():
+                        setattr(m, attr, value)
 
     def forward_intermediates(
             self,
@@ -214,17 +215,14 @@ default_cfgs = generate_default_cfgs({
 _RELEASE_ARGS = dict(cardinality=32, base_width=4, kernel_size=(3, 5), stem_pool='caffe_ceil')
 
 
-def _create(variant: str, pretrained: bool, model_args: Dict[str, Any], kwargs: Dict[str, Any]) -> SKNet:
-    return _create_sknet(variant, pretrained, **dict(model_args, **kwargs))
-
-
 @register_model
 def sknet26(pretrained: bool = False, **kwargs) -> SKNet:
     """SKNet-26 (paper, {2, 2, 2, 2} units): the SKNet-50 design, shallower.
 
     Differs from timm's ``skresnext50_32x4d`` family only by the release's ceil-mode, pad-0 stem max pool.
     """
-    return _create('sknet26', pretrained, dict(_RELEASE_ARGS, layers=(2, 2, 2, 2)), kwargs)
+    model_args = dict(_RELEASE_ARGS, layers=(2, 2, 2, 2))
+    return _create_sknet('sknet26', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -234,7 +232,8 @@ def sknet50(pretrained: bool = False, **kwargs) -> SKNet:
     Same graph and parameter names as timm's ``skresnext50_32x4d`` except the stem max pool, which is
     Caffe's 3x3 / stride 2 / pad 0 / ceil mode (timm's pad-1 pool shifts every window).
     """
-    return _create('sknet50', pretrained, dict(_RELEASE_ARGS, layers=(3, 4, 6, 3)), kwargs)
+    model_args = dict(_RELEASE_ARGS, layers=(3, 4, 6, 3))
+    return _create_sknet('sknet50', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -243,9 +242,8 @@ def sknet101(pretrained: bool = False, **kwargs) -> SKNet:
 
     The release's stage conv3_x attention is 16 wide where the paper's rule gives 32; timm has no SKNet-101.
     """
-    return _create(
-        'sknet101', pretrained,
-        dict(_RELEASE_ARGS, layers=(3, 4, 23, 3), sk_attn_channels=(32, 16, 32, 64)), kwargs)
+    model_args = dict(_RELEASE_ARGS, layers=(3, 4, 23, 3), sk_attn_channels=(32, 16, 32, 64))
+    return _create_sknet('sknet101', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -256,7 +254,7 @@ def sknet29_cifar(pretrained: bool = False, **kwargs) -> SKNet:
     model_args = dict(
         layers=(3, 3, 3), channels=(64, 128, 256), cardinality=16, base_width=32, sk_groups=32,
         stem_type='cifar')
-    return _create('sknet29_cifar', pretrained, model_args, kwargs)
+    return _create_sknet('sknet29_cifar', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -265,21 +263,22 @@ def sk_resnext50_32x4d(pretrained: bool = False, **kwargs) -> SKNet:
 
     The same network and parameter names as timm's ``skresnext50_32x4d``: its ``ra_in1k`` weights load here.
     """
-    return _create('sk_resnext50_32x4d', pretrained, dict(layers=(3, 4, 6, 3), cardinality=32, base_width=4), kwargs)
+    model_args = dict(layers=(3, 4, 6, 3), cardinality=32, base_width=4)
+    return _create_sknet('sk_resnext50_32x4d', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sk_resnext101_32x4d(pretrained: bool = False, **kwargs) -> SKNet:
     """SK-ResNeXt-101 32x4d with timm's standard stem; fuse widths by the paper's d = max(C / 16, 32)."""
-    return _create(
-        'sk_resnext101_32x4d', pretrained, dict(layers=(3, 4, 23, 3), cardinality=32, base_width=4), kwargs)
+    model_args = dict(layers=(3, 4, 23, 3), cardinality=32, base_width=4)
+    return _create_sknet('sk_resnext101_32x4d', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sk_resnext101_32x8d(pretrained: bool = False, **kwargs) -> SKNet:
     """SK-ResNeXt-101 32x8d with timm's standard stem; fuse widths by the paper's d = max(C / 16, 32)."""
-    return _create(
-        'sk_resnext101_32x8d', pretrained, dict(layers=(3, 4, 23, 3), cardinality=32, base_width=8), kwargs)
+    model_args = dict(layers=(3, 4, 23, 3), cardinality=32, base_width=8)
+    return _create_sknet('sk_resnext101_32x8d', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -288,22 +287,26 @@ def sk_resnet18(pretrained: bool = False, **kwargs) -> SKNet:
 
     Unlike timm's ``skresnet18`` the paths are not fed split inputs (pass ``split_input=True`` for that).
     """
-    return _create('sk_resnet18', pretrained, dict(block='basic', layers=(2, 2, 2, 2)), kwargs)
+    model_args = dict(block='basic', layers=(2, 2, 2, 2))
+    return _create_sknet('sk_resnet18', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sk_resnet34(pretrained: bool = False, **kwargs) -> SKNet:
     """SK-ResNet-34: basic blocks, SK over the full input, no groups (cf. timm's split-input ``skresnet34``)."""
-    return _create('sk_resnet34', pretrained, dict(block='basic', layers=(3, 4, 6, 3)), kwargs)
+    model_args = dict(block='basic', layers=(3, 4, 6, 3))
+    return _create_sknet('sk_resnet34', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sk_resnet50(pretrained: bool = False, **kwargs) -> SKNet:
     """SK-ResNet-50: bottlenecks, ungrouped SK paths over the full input (cf. timm's split-input ``skresnet50``)."""
-    return _create('sk_resnet50', pretrained, dict(layers=(3, 4, 6, 3)), kwargs)
+    model_args = dict(layers=(3, 4, 6, 3))
+    return _create_sknet('sk_resnet50', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sk_resnet101(pretrained: bool = False, **kwargs) -> SKNet:
     """SK-ResNet-101: bottlenecks, ungrouped SK paths over the full input. No timm equivalent."""
-    return _create('sk_resnet101', pretrained, dict(layers=(3, 4, 23, 3)), kwargs)
+    model_args = dict(layers=(3, 4, 23, 3))
+    return _create_sknet('sk_resnet101', pretrained, **dict(model_args, **kwargs))
