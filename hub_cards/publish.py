@@ -107,6 +107,10 @@ def upload(directory: Path, repo_id: str, token: str, private: bool, revision: O
         )
     except Exception as e:  # noqa: BLE001  (the Hub's HTTP client, hence its errors, differs across versions)
         message = str(e).splitlines()[0] if str(e) else ''
+        # the Hub's reason (e.g. 'Invalid credentials in Authorization header') comes on a later line of str(e)
+        server_message = ' '.join((getattr(e, 'server_message', None) or '').split())
+        if server_message and server_message not in message:
+            message += f' ({server_message})'
         raise UserError(f'upload to {repo_id} failed: {type(e).__name__}: {message}') from None
     if commit.oid == head:
         return f'{repo_id} already holds these files; no commit made ({head})'

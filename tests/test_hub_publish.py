@@ -1,7 +1,6 @@
 """``timm-sknet publish --dry-run``: the repo files, timm loading them back, and refusals of user errors."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,8 @@ from timm.models._builder import _resolve_pretrained_source
 from timm.models._hub import _parse_model_cfg
 
 from hub_cards.results import RESULTS_FORMAT
-from timm_sknet.cli import main
+from hub_helpers import free_port
+from support import run_cli
 from timm_sknet.fileio import sha256_file
 
 PROVENANCE = {
@@ -50,16 +50,9 @@ def _results(weights_sha256: str, image_count: int = 50000) -> dict:
     }
 
 
-def _cli(monkeypatch, *argv: str) -> int:
-    monkeypatch.setattr(sys, 'argv', ['timm-sknet', *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
-
-
 def _publish(monkeypatch, weights: Path, out: Path, *extra: str) -> int:
-    return _cli(monkeypatch, 'publish', '--model', 'sknet50', '--weights', str(weights), '--repo-id', REPO_ID,
-                '--dry-run', '--output-dir', str(out), *extra)
+    return run_cli(monkeypatch, 'publish', '--model', 'sknet50', '--weights', str(weights), '--repo-id', REPO_ID,
+                   '--dry-run', '--output-dir', str(out), *extra)
 
 
 def test_dry_run_writes_loadable_repo(monkeypatch, tmp_path, weights):
@@ -145,7 +138,8 @@ def test_publish_user_errors(monkeypatch, tmp_path, weights, capsys, case):
     elif case == 'not_a_results_file':
         (tmp_path / 'r.json').write_text(json.dumps({'format': RESULTS_FORMAT, 'top1': 80.0}))
         extra += ['--results', str(tmp_path / 'r.json')]
-    code = _cli(monkeypatch, 'publish', '--model', model, '--weights', str(weights_arg), '--repo-id', repo_id, *extra)
+    code = run_cli(
+        monkeypatch, 'publish', '--model', model, '--weights', str(weights_arg), '--repo-id', repo_id, *extra)
     err = capsys.readouterr().err
     assert code != 0
     assert err.startswith('timm-sknet: error: ') and err.count('\n') == 1
@@ -157,12 +151,6 @@ def test_publish_user_errors(monkeypatch, tmp_path, weights, capsys, case):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # no staging left behind
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize('token, expected', [
     (None, 'no Hugging Face token'),
     ('hf_not_a_real_token', 'failed: ConnectError'),
@@ -171,7 +159,7 @@ def test_upload_failures_are_one_line(tmp_path, weights, token, expected):
     """A real upload: refused without a token (HF_HOME in tmp, no HF_TOKEN) before any network access; with one,
     a Hub that does not answer (a closed loopback port) gives one line and leaves no --output-dir behind."""
     env = {k: v for k, v in os.environ.items() if not k.startswith('HF_')}
-    env.update(HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT=f'http://127.0.0.1:{_free_port()}')
+    env.update(HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT=f'http://127.0.0.1:{free_port()}')
     if token:
         env['HF_TOKEN'] = token
     out = tmp_path / 'repo'

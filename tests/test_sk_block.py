@@ -8,24 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.layers import DropBlock2d, convert_sync_batchnorm, freeze_batch_norm_2d
+from timm.models.resnet import downsample_avg, downsample_conv
 
-from timm_sknet.layers import SKBottleneck, SKConv
+from timm_sknet.layers import ConvNormFoldDownsample, SKBottleneck, SKConv
+
+from support import randomize_norms
 
 RTOL = 1e-5  # fp32, relative to the largest magnitude of the compared tensor
 RTOL_FP64 = 1e-9  # gradients are compared in fp64, where the two formulations agree to rounding
-
-
-def _randomize_norms(module: nn.Module) -> None:
-    """Non-trivial running statistics and affine parameters, so that folding them is actually exercised."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.3)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.3)
 
 
 def _bn(x: torch.Tensor, bn: nn.Module, act: bool) -> torch.Tensor:
@@ -57,7 +47,14 @@ def reference_sk(sk: SKConv, x: torch.Tensor) -> torch.Tensor:
 
 def reference_bottleneck(block: SKBottleneck, x: torch.Tensor) -> torch.Tensor:
     out = _conv_bn(reference_sk(block.conv2, _conv_bn(x, block.conv1)), block.conv3, act=False)
-    return F.relu(out + x)
+    shortcut = x
+    if block.downsample is not None:  # timm's Sequential([avg pool,] conv, norm)
+        *pools, conv, norm = block.downsample
+        for pool in pools:
+            shortcut = pool(shortcut)
+        conv_out = F.conv2d(shortcut, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        shortcut = _bn(conv_out, norm, act=False)
+    return F.relu(out + shortcut)
 
 
 def _assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, rtol: float = RTOL) -> None:
@@ -109,7 +106,7 @@ MEMORY_FORMATS = [
 def test_sk_conv_matches_reference(num_paths, groups, training, memory_format):
     torch.manual_seed(0)
     sk = SKConv(32, 32, kernel_size=(3, 5, 7)[:num_paths], groups=groups, attn_channels=16)
-    _randomize_norms(sk)
+    randomize_norms(sk)
     sk = sk.to(memory_format=memory_format)
     _check_against_reference(sk, reference_sk, _inputs(3, 32, 12, memory_format), training)
 
@@ -124,7 +121,7 @@ def test_sk_conv_matches_reference(num_paths, groups, training, memory_format):
 def test_sk_conv_variants_match_reference(kwargs, memory_format):
     torch.manual_seed(0)
     sk = SKConv(32, 48, attn_channels=16, **kwargs)
-    _randomize_norms(sk)
+    randomize_norms(sk)
     sk = sk.to(memory_format=memory_format)
     for training in (False, True):
         _check_against_reference(sk, reference_sk, _inputs(2, 32, 12, memory_format), training)
@@ -135,10 +132,31 @@ def test_sk_conv_variants_match_reference(kwargs, memory_format):
 def test_bottleneck_matches_reference(size, memory_format):
     torch.manual_seed(0)
     block = SKBottleneck(128, 32, cardinality=8, base_width=16, sk_kwargs=dict(attn_channels=16))
-    _randomize_norms(block)
+    randomize_norms(block)
     block = block.to(memory_format=memory_format)
     for training in (False, True):
         _check_against_reference(block, reference_bottleneck, _inputs(2, 128, size, memory_format), training)
+
+
+@pytest.mark.parametrize('memory_format', MEMORY_FORMATS)
+@pytest.mark.parametrize('downsample', [downsample_conv, downsample_avg], ids=['conv', 'avg_down'])
+def test_strided_bottleneck_with_downsample_matches_reference(downsample, memory_format):
+    torch.manual_seed(0)
+    block = SKBottleneck(
+        64, 32, stride=2, cardinality=8, base_width=16, sk_kwargs=dict(attn_channels=16),
+        downsample=downsample(64, 128, kernel_size=1, stride=2))
+    assert isinstance(block.downsample, ConvNormFoldDownsample)  # the state dict keeps timm's keys
+    assert list(block.downsample.state_dict()) == list(downsample(64, 128, 1, stride=2).state_dict())
+    randomize_norms(block)
+    block = block.to(memory_format=memory_format)
+    x = _inputs(2, 64, 16, memory_format)  # 2 x 8 x 8 output pixels outnumber the 64 weights per channel: folded
+    norm_calls = []
+    block.downsample[-1].register_forward_hook(lambda *args: norm_calls.append(1))
+    with torch.no_grad():
+        block.eval()(x)
+    assert not norm_calls, 'the shortcut norm ran instead of being folded into its conv'
+    for training in (False, True):
+        _check_against_reference(block, reference_bottleneck, x, training)
 
 
 def test_drop_block_is_inactive_in_eval():
@@ -146,7 +164,7 @@ def test_drop_block_is_inactive_in_eval():
     block = SKBottleneck(
         64, 16, cardinality=4, base_width=32, sk_kwargs=dict(attn_channels=16),
         drop_block=partial(DropBlock2d, drop_prob=0.5, block_size=3))
-    _randomize_norms(block)
+    randomize_norms(block)
     block = block.to(memory_format=torch.channels_last)
     _check_against_reference(block, reference_bottleneck, _inputs(2, 64, 8, torch.channels_last), training=False)
 
@@ -154,7 +172,7 @@ def test_drop_block_is_inactive_in_eval():
 def test_attention_hook_sees_the_selection_weights():
     torch.manual_seed(0)
     sk = SKConv(32, 32, kernel_size=(3, 5, 7), groups=4, attn_channels=16).eval()
-    _randomize_norms(sk)
+    randomize_norms(sk)
     seen = []
     sk.attn.register_forward_hook(lambda module, args, output: seen.append(output))
     x = _inputs(2, 32, 10, torch.channels_last)
@@ -171,7 +189,7 @@ def test_attention_hook_sees_the_selection_weights():
 def test_frozen_and_sync_batchnorm_keep_eval_results():
     torch.manual_seed(0)
     block = SKBottleneck(64, 16, cardinality=4, base_width=32, sk_kwargs=dict(attn_channels=16)).eval()
-    _randomize_norms(block)
+    randomize_norms(block)
     x = _inputs(2, 64, 8, torch.contiguous_format)
     with torch.no_grad():
         expected = reference_bottleneck(block, x)
@@ -183,7 +201,7 @@ def test_frozen_and_sync_batchnorm_keep_eval_results():
 def test_torchscript_matches_eager(training):
     torch.manual_seed(0)
     block = SKBottleneck(64, 16, cardinality=4, base_width=32, sk_kwargs=dict(attn_channels=16))
-    _randomize_norms(block)
+    randomize_norms(block)
     block.train(training)
     scripted = torch.jit.script(block)
     for memory_format in (torch.contiguous_format, torch.channels_last):
@@ -197,7 +215,7 @@ def test_torchscript_matches_eager(training):
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)
     sk = SKConv(32, 32, groups=4, attn_channels=16)
-    _randomize_norms(sk)
+    randomize_norms(sk)
     compiled = torch.compile(sk, backend='inductor', dynamic=False, fullgraph=True)  # a graph break fails
     x = _inputs(2, 32, 8, torch.channels_last)
     grad_out = torch.randn(2, 32, 8, 8, generator=torch.Generator().manual_seed(2))

@@ -1,6 +1,5 @@
 """``timm-sknet validate`` on a generated ImageFolder, with a model whose prediction for each image is known."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,9 @@ from safetensors.torch import load_file, save_file
 
 import timm_sknet
 from hub_cards.validate import _data_config, _default_sizes
-from timm_sknet.cli import main
 from timm_sknet.fileio import sha256_file
+
+from support import run_cli
 
 NUM_CLASSES = 10
 BACKGROUND, RED, GREEN, BLUE, WHITE = range(5)
@@ -95,16 +95,9 @@ def image_folder(tmp_path_factory) -> Path:
     return root
 
 
-def _cli(monkeypatch, *argv: str) -> int:
-    monkeypatch.setattr(sys, 'argv', ['timm-sknet', *argv])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    return exit_info.value.code
-
-
 def test_validate_known_top1_top5(monkeypatch, tmp_path, colour_weights, image_folder, capsys):
     output = tmp_path / 'results.json'
-    code = _cli(
+    code = run_cli(
         monkeypatch, 'validate', '--model', 'sknet26', '--weights', str(colour_weights), '--input-size', '224', '320',
         '--class-map', str(image_folder / 'classes.txt'), '--batch-size', '3', '--workers', '0', '--device', 'cpu',
         '--output', str(output), str(image_folder))
@@ -162,7 +155,7 @@ def test_validate_user_errors(monkeypatch, tmp_path, colour_weights, image_folde
     elif case == 'no_data':
         data = tmp_path / 'absent'
     output = tmp_path / 'results.json'
-    code = _cli(monkeypatch, 'validate', '--model', model, '--weights', str(weights), '--workers', '0',
+    code = run_cli(monkeypatch, 'validate', '--model', model, '--weights', str(weights), '--workers', '0',
                 '--output', str(output), *extra, str(data))
     err = capsys.readouterr().err
     assert code != 0
@@ -173,7 +166,7 @@ def test_validate_user_errors(monkeypatch, tmp_path, colour_weights, image_folde
 def test_validate_refuses_existing_output(monkeypatch, tmp_path, colour_weights, image_folder, capsys):
     output = tmp_path / 'results.json'
     output.write_text('{}')
-    code = _cli(monkeypatch, 'validate', '--model', 'sknet26', '--weights', str(colour_weights),
+    code = run_cli(monkeypatch, 'validate', '--model', 'sknet26', '--weights', str(colour_weights),
                 '--output', str(output), str(image_folder))
     assert code != 0
     assert '--force' in capsys.readouterr().err

@@ -14,7 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import ConvNormAct, register_notrace_module
 
-__all__ = ['ConvNormActFold', 'SKAttention', 'SKConv', 'SKBottleneck', 'SKBasicBlock', 'sk_attn_channels']
+__all__ = [
+    'ConvNormActFold', 'ConvNormFoldDownsample', 'SKAttention', 'SKConv', 'SKBottleneck', 'SKBasicBlock',
+    'conv_norm_act_folded', 'fold_batchnorm', 'sk_attn_channels',
+]
 
 
 def sk_attn_channels(channels: int, rd_ratio: float = 1. / 16, min_channels: int = 32) -> int:
@@ -47,55 +50,105 @@ def _onednn_fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
+def fold_batchnorm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, bias) of ``conv`` with ``norm`` folded in, for input ``x``; None unless ``norm`` is a BatchNorm on
+    running statistics, and where folding costs more than it saves.
+
+    On running statistics the norm is a per-channel affine map: it scales the conv weights and becomes the conv's
+    bias, one pass over the weights instead of one over the activations. So the fold is taken only where the
+    weights are the smaller (not for wide 1x1 convs on small maps, e.g. stage 4 at batch 1). It is differentiable:
+    gradients in eval still reach every parameter.
+    """
+    if isinstance(x, torch.fx.Proxy):
+        return None  # FX symbolic tracing: no shapes to decide on; the traced graph keeps conv -> norm
+    running_mean = getattr(norm, 'running_mean', None)
+    running_var = getattr(norm, 'running_var', None)
+    if not isinstance(conv, nn.Conv2d) or running_mean is None or running_var is None or norm.training:
+        return None
+    weight = conv.weight
+    stride = conv.stride
+    out_pixels = x.shape[0] * (x.shape[-2] // stride[0]) * (x.shape[-1] // stride[1])
+    if weight.numel() // weight.shape[0] > out_pixels:
+        return None
+    norm_weight, norm_bias, conv_bias = norm.weight, norm.bias, conv.bias
+    scale = torch.rsqrt(running_var + norm.eps)
+    if norm_weight is not None:
+        scale = scale * norm_weight
+    if norm_bias is not None:
+        bias = torch.addcmul(norm_bias, running_mean, scale, value=-1.)
+    else:
+        bias = -running_mean * scale
+    if conv_bias is not None:
+        bias = torch.addcmul(bias, conv_bias, scale)
+    return weight * scale.reshape(-1, 1, 1, 1), bias
+
+
+def conv_norm_act_folded(
+        x: torch.Tensor,
+        conv: nn.Conv2d,
+        norm: nn.Module,
+        act: Optional[nn.Module] = None,
+        residual: Optional[torch.Tensor] = None,
+) -> Optional[torch.Tensor]:
+    """``act(norm(conv(x))) [+ residual]`` with the norm folded into the conv (see ``fold_batchnorm``); None where
+    it is not folded, for the caller to run its modules. On CPU without autograd, conv + bias + ReLU (or
+    + residual) is a single oneDNN call. The norm (and activation) modules are not called: their hooks do not fire.
+    """
+    folded = fold_batchnorm(conv, norm, x)
+    if folded is None:
+        return None
+    weight, bias = folded
+    out = _onednn_conv(x, conv, weight, bias, act, residual)
+    if out is not None:
+        return out
+    x = conv._conv_forward(x, weight, bias)
+    if act is not None and not isinstance(act, nn.Identity):
+        x = act(x)
+        if residual is not None:
+            x = x + residual
+    elif residual is not None:
+        x += residual  # nothing saves the conv's output for backward
+    return x
+
+
+def _onednn_conv(
+        x: torch.Tensor,
+        conv: nn.Conv2d,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        act: Optional[nn.Module],
+        residual: Optional[torch.Tensor],
+) -> Optional[torch.Tensor]:
+    """conv + bias + ReLU, or conv + bias + residual, as one oneDNN call; None where that does not apply."""
+    if not _onednn_fusable(x, weight) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
+        return None
+    plain = act is None or isinstance(act, nn.Identity)
+    if residual is None and (plain or isinstance(act, nn.ReLU)):
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+            'none' if plain else 'relu', [], '')
+    if residual is not None and plain and residual.dtype == x.dtype:
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups,
+            'add', None, None, [], None)
+    return None
+
+
 @register_notrace_module  # whether to fold depends on the input shape
 class ConvNormActFold(ConvNormAct):
-    """``ConvNormAct`` (same modules, same state dict) that folds a BatchNorm on running statistics into the conv.
-
-    With running statistics (eval) the norm is a per-channel affine map: it scales the conv weights and becomes
-    the conv's bias, one pass over the weights instead of one over the activations. The fold is taken only where
-    the weights are the smaller (not for wide 1x1 convs on small maps, e.g. stage 4 at batch 1). It is
-    differentiable, so gradients in eval still reach every parameter. On CPU without autograd, conv + bias + ReLU
-    (or + residual) is then a single oneDNN call. Batch statistics (training) run conv -> norm as ``ConvNormAct``.
-    When folded, the norm module itself is not called (hooks on ``bn`` do not fire; hooks on this module do).
+    """``ConvNormAct`` (same modules, same state dict) whose BatchNorm on running statistics is folded into the
+    conv, where that pays (``conv_norm_act_folded``). Batch statistics (training) run conv -> norm as
+    ``ConvNormAct``; so does TorchScript. When folded, hooks on ``bn`` do not fire (hooks on this module do).
 
     ``residual``, when given, is added to the output (after the norm's activation).
     """
 
-    def fold(self, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-        """(weight, bias) of the conv with the norm folded in; None for batch statistics or where it costs more."""
-        if not (hasattr(self.bn, 'running_var') and hasattr(self.bn, 'act') and hasattr(self.bn, 'drop')):
-            return None  # not a BatchNorm (+ act) module
-        running_mean, running_var = self.bn.running_mean, self.bn.running_var
-        if running_mean is None or running_var is None or self.bn.training:
-            return None
-        weight = self.conv.weight
-        stride = self.conv.stride
-        out_pixels = x.shape[0] * (x.shape[-2] // stride[0]) * (x.shape[-1] // stride[1])
-        if weight.numel() // weight.shape[0] > out_pixels:
-            return None
-        norm_weight, norm_bias, conv_bias = self.bn.weight, self.bn.bias, self.conv.bias
-        scale = torch.rsqrt(running_var + self.bn.eps)
-        if norm_weight is not None:
-            scale = scale * norm_weight
-        if norm_bias is not None:
-            bias = torch.addcmul(norm_bias, running_mean, scale, value=-1.)
-        else:
-            bias = -running_mean * scale
-        if conv_bias is not None:
-            bias = torch.addcmul(bias, conv_bias, scale)
-        return weight * scale.reshape(-1, 1, 1, 1), bias
-
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        folded = self.fold(x)
-        if folded is None:
-            x = self.bn(self.conv(x))
-        else:
-            weight, bias = folded
-            if not torch.jit.is_scripting():
-                out = self._forward_onednn(x, weight, bias, residual)
-                if out is not None:
-                    return out
-            x = self.bn.act(self.bn.drop(self.conv._conv_forward(x, weight, bias)))
+        if not torch.jit.is_scripting():
+            out = self._forward_folded(x, residual)
+            if out is not None:
+                return out
+        x = self.bn(self.conv(x))
         if residual is not None:
             if isinstance(self.bn.act, nn.Identity):
                 x += residual  # nothing saves the norm's output for backward
@@ -104,28 +157,39 @@ class ConvNormActFold(ConvNormAct):
         return x
 
     @torch.jit.unused
-    def _forward_onednn(
-            self,
-            x: torch.Tensor,
-            weight: torch.Tensor,
-            bias: torch.Tensor,
-            residual: Optional[torch.Tensor],
-    ) -> Optional[torch.Tensor]:
-        """conv + bias + ReLU, or conv + bias + residual, as one oneDNN call; None where that does not apply."""
-        conv, act, drop = self.conv, self.bn.act, self.bn.drop
-        if not _onednn_fusable(x, weight) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
-            return None
-        if drop.training and not isinstance(drop, nn.Identity):
-            return None
-        if residual is None and isinstance(act, (nn.ReLU, nn.Identity)):
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups,
-                'relu' if isinstance(act, nn.ReLU) else 'none', [], '')
-        if residual is not None and isinstance(act, nn.Identity) and residual.dtype == x.dtype:
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, residual, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups,
-                'add', None, None, [], None)
-        return None
+    def _forward_folded(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        act, drop = getattr(self.bn, 'act', None), getattr(self.bn, 'drop', None)
+        if act is None or drop is None or (drop.training and not isinstance(drop, nn.Identity)):
+            return None  # not a BatchNormAct, or an active drop block between norm and activation
+        return conv_norm_act_folded(x, self.conv, self.bn, act, residual)
+
+
+@register_notrace_module  # whether to fold depends on the input shape
+class ConvNormFoldDownsample(nn.Sequential):
+    """timm's ResNet shortcut ``Sequential([pool,] conv, norm)`` (same children, same state dict) whose norm is
+    folded into the conv where that pays (``conv_norm_act_folded``); TorchScript runs the children in turn."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            for module in self:
+                x = module(x)
+            return x
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+        *pools, conv, norm = self
+        for pool in pools:
+            x = pool(x)
+        out = conv_norm_act_folded(x, conv, norm)
+        return norm(conv(x)) if out is None else out
+
+
+def _foldable_downsample(downsample: Optional[nn.Module]) -> Optional[nn.Module]:
+    """timm's conv + norm shortcut as a ``ConvNormFoldDownsample``; anything else as it is."""
+    if type(downsample) is nn.Sequential and len(downsample) in (2, 3) and isinstance(downsample[-2], nn.Conv2d):
+        return ConvNormFoldDownsample(*downsample)
+    return downsample
 
 
 class SKAttention(nn.Module):
@@ -289,7 +353,7 @@ class SKBottleneck(nn.Module):
         self.conv3 = ConvNormActFold(width, outplanes, kernel_size=1, apply_act=False, act_layer=act_layer,
                                      norm_layer=norm_layer, **dd)
         self.act = act_layer(inplace=True)
-        self.downsample = downsample
+        self.downsample = _foldable_downsample(downsample)
         self.drop_path = drop_path
 
     def zero_init_last(self) -> None:
@@ -347,7 +411,7 @@ class SKBasicBlock(nn.Module):
         self.conv2 = ConvNormActFold(first_planes, planes, kernel_size=3, padding=dilation, dilation=dilation,
                                      apply_act=False, act_layer=act_layer, norm_layer=norm_layer, **dd)
         self.act = act_layer(inplace=True)
-        self.downsample = downsample
+        self.downsample = _foldable_downsample(downsample)
         self.drop_path = drop_path
 
     def zero_init_last(self) -> None:

@@ -116,6 +116,24 @@ class SKNet(ResNet):
                     for attr, value in norm_overrides.items():
                         setattr(m, attr, value)
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 -> bn1 -> act1, the norm folded into the conv in eval where that pays (as in the SK units)."""
+        if not torch.jit.is_scripting():
+            out = self._forward_stem_folded(x)
+            if out is not None:
+                return out
+        return self.act1(self.bn1(self.conv1(x)))
+
+    @torch.jit.unused
+    def _forward_stem_folded(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        return sk_layers.conv_norm_act_folded(x, self.conv1, self.bn1, self.act1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.forward_stem(x))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -129,7 +147,7 @@ class SKNet(ResNet):
         assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
         take_indices, max_index = feature_take_indices(len(self.stage_names) + 1, indices)
         intermediates = []
-        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.forward_stem(x)
         if 0 in take_indices:
             intermediates.append(x)
         x = self.maxpool(x)

@@ -1,0 +1,150 @@
+"""What the Hub tests share: random converted weights, servers on loopback (olah, our write server), the
+client's environment, and loading models through a Hub in a subprocess.
+
+Models register at import and read ``TIMM_SKNET_HUB_NAMESPACE`` then, so loading happens in a subprocess.
+"""
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from converters.writer import write_caffemodel
+from support import randomize_norms
+
+NAMESPACE = 'e2e-sknet'
+BIN_DIR = Path(sys.executable).parent
+SERVER_START_TIMEOUT_S = 60
+
+# argv: converted.safetensors inputs.safetensors output.safetensors LABEL=MODEL_NAME...; each model is built with
+# pretrained=True and its logits and whether its weights equal the converted ones are saved under LABEL.
+LOAD_SCRIPT = """
+import sys
+import timm, timm_sknet, torch
+from safetensors.torch import load_file, save_file
+
+converted_path, inputs_path, output_path, *labelled = sys.argv[1:]
+converted = load_file(converted_path)
+reference = timm.create_model('sknet50')
+reference.load_state_dict(converted)
+models = {'converted': reference}
+for label, name in (arg.split('=', 1) for arg in labelled):
+    models[label] = timm.create_model(name, pretrained=True)
+x = load_file(inputs_path)['x']
+out = {}
+with torch.inference_mode():
+    for name, model in models.items():
+        out[name] = model.eval()(x)
+        state = model.state_dict()
+        out[name + '_same_weights'] = torch.tensor(
+            state.keys() == converted.keys() and all(torch.equal(converted[k], v) for k, v in state.items()))
+save_file(out, output_path)
+"""
+
+
+def convert_random_sknet50(directory: Path, *extra: str) -> Path:
+    """A random release-format sknet50 caffemodel through the real ``convert-caffe`` (``extra``: its options);
+    returns the safetensors, with convert-caffe's provenance metadata."""
+    torch.manual_seed(0)
+    original = timm.create_model('sknet50')
+    randomize_norms(original)  # so every converted tensor matters to the logits
+    caffemodel = directory / 'sknet50.caffemodel'
+    write_caffemodel(original.eval(), caffemodel)
+    converted = directory / 'sknet50.safetensors'
+    subprocess.run(
+        [str(BIN_DIR / 'convert-caffe'), str(caffemodel), '--model', 'sknet50', '--output', str(converted), *extra],
+        check=True, timeout=300)
+    return converted
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_serving(server: subprocess.Popen, name: str, url: str, log: Path) -> None:
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f'{name} exited with {server.returncode}:\n{log.read_text()}')
+        try:
+            with no_proxy.open(urllib.request.Request(url, method='HEAD'), timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    pytest.fail(f'{name} did not serve {url} within {SERVER_START_TIMEOUT_S} s:\n{log.read_text()}')
+
+
+@contextlib.contextmanager
+def serve(name: str, command: List[str], cwd: Path, log: Path, probe_url: str) -> Iterator[None]:
+    """Run a server, output to ``log``, until the block ends; ready once ``probe_url`` answers HEAD with 200."""
+    with open(log, 'w') as log_file:
+        server = subprocess.Popen(command, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            _wait_until_serving(server, name, probe_url, log)
+            yield
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+@contextlib.contextmanager
+def olah(mirrors: Path, workdir: Path, probe: str) -> Iterator[str]:
+    """An offline olah serving the git repos under ``mirrors/models/<namespace>/<name>`` on a free loopback port,
+    ready once it serves ``probe`` (e.g. ``NS/NAME/resolve/main/config.json``); yields its endpoint."""
+    port = free_port()
+    config = workdir / 'olah.toml'
+    config.write_text(
+        '[basic]\nhost = "127.0.0.1"\n'
+        f'port = {port}\nrepos-path = {json.dumps(str(workdir / "repos"))}\n'
+        f'mirrors-path = [{json.dumps(str(mirrors))}]\n'
+        '[accessibility]\noffline = true\n')
+    endpoint = f'http://127.0.0.1:{port}'
+    with serve('olah', [str(BIN_DIR / 'olah-cli'), '-c', str(config), '--log-path', str(workdir / 'logs')],
+               workdir, workdir / 'olah.log', f'{endpoint}/{probe}'):
+        yield endpoint
+
+
+def client_env(endpoint: str, hf_home: Path) -> Dict[str, str]:
+    """huggingface_hub pointed at ``endpoint`` with its cache in ``hf_home``: no HF_* settings (token included)
+    or proxies from outside, and the models' Hub namespace set to ``NAMESPACE``."""
+    proxies = ('http_proxy', 'https_proxy', 'all_proxy')
+    env = {k: v for k, v in os.environ.items() if not k.startswith('HF_') and k.lower() not in proxies}
+    env.update(
+        HF_ENDPOINT=endpoint, HF_HOME=str(hf_home), HF_HUB_DISABLE_TELEMETRY='1', NO_PROXY='127.0.0.1,localhost',
+        TIMM_SKNET_HUB_NAMESPACE=NAMESPACE)
+    return env
+
+
+def load_through_hub(endpoint: str, hf_home: Path, converted: Path, workdir: Path,
+                     **models: str) -> Dict[str, torch.Tensor]:
+    """Build ``models`` (label -> timm model name, pretrained) in a subprocess whose Hub is ``endpoint``; returns
+    LOAD_SCRIPT's outputs: each label's logits and ``LABEL_same_weights``, and the converted model's logits."""
+    inputs = workdir / 'inputs.safetensors'
+    save_file({'x': torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))}, str(inputs))
+    logits = workdir / 'logits.safetensors'
+    load = subprocess.run(
+        [sys.executable, '-c', LOAD_SCRIPT, str(converted), str(inputs), str(logits),
+         *(f'{label}={name}' for label, name in models.items())],
+        env=client_env(endpoint, hf_home), capture_output=True, text=True, timeout=300)
+    assert load.returncode == 0, load.stderr[-4000:]
+    return load_file(str(logits))
