@@ -26,7 +26,7 @@ from support import run_cli
 from timm_sknet.fileio import sha256_file
 from timm_sknet.weights import read_metadata
 
-SERVER = Path(__file__).with_name('hub_write_server.py')
+SERVER = Path(__file__).parents[1] / 'hub_write_server.py'
 TOKEN = 'hf_loopbackWriteToken4e1f0c'
 REPO = f'{NAMESPACE}/sknet50.upload'
 REPO_FILES = {'model.safetensors', 'config.json', 'README.md'}

@@ -20,7 +20,7 @@ from timm.models import model_entrypoint
 
 from timm_sknet._autoload import AUTOLOAD_ENV
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 600
 
 # What a child reports about itself: which heavy modules it holds and how many hooks still wait for timm.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-RUNNER = Path(__file__).parent / 'timm_suite' / 'run.py'
+RUNNER = Path(__file__).parent / 'run.py'
 
 
 def test_timm_model_suite_quick_subset():
