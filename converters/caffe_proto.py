@@ -15,6 +15,7 @@ Two deliberate departures from ``caffe.proto``:
   meaning (SSD's ``annotated_data_param``) do not break parsing: a wire type that does not match the declared
   one makes the field unknown, not an error.
 """
+import math
 import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -26,8 +27,8 @@ from google.protobuf.message import DecodeError, Message
 from timm_sknet.errors import UserError
 
 __all__ = [
-    'NetParameter', 'LayerParameter', 'BlobProto', 'read_caffemodel', 'read_prototxt', 'blob_array', 'array_blob',
-    'net_to_text',
+    'NetParameter', 'LayerParameter', 'BlobProto', 'read_caffemodel', 'read_prototxt', 'blob_shape', 'blob_array',
+    'array_blob', 'net_to_text',
 ]
 
 _PACKAGE = 'caffe'
@@ -189,6 +190,7 @@ _MESSAGES: Dict[str, Tuple[tuple, ...]] = {
     ),
     'NetParameter': (
         ('name', 1, 'string'),
+        ('input', 3, 'string', 'repeated'),  # a deploy prototxt's declared input blobs
         ('layers', 2, 'bytes', 'repeated'),  # legacy V1LayerParameter: only detected, to refuse it clearly
         ('layer', 100, 'LayerParameter', 'repeated'),
     ),
@@ -245,12 +247,36 @@ _WIRE_FIXED32, _WIRE_FIXED64 = 5, 1
 
 def _read_bytes(path: os.PathLike, what: str) -> bytes:
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f'{what} {path} is a directory; give the {what} file itself')
+    if not path.exists():
         raise UserError(f'{what} {path} does not exist')
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f'cannot read {what} {path}: {e.strerror or e}; check the path and its permissions') from None
     if not data:
         raise UserError(f'{what} {path} is empty')
     return data
+
+
+_TEXT = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
+_MESSAGE = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+
+
+def _first_non_text(message: Message) -> Optional[Tuple[str, bytes]]:
+    """(field path, raw value) of the first string field that is not UTF-8: protobuf hands those over as bytes."""
+    for field, value in message.ListFields():
+        repeated = not isinstance(value, (str, bytes, int, float, Message))
+        for index, item in enumerate(value if repeated else [value]):
+            where = f'{field.name}[{index}]' if repeated else field.name
+            if field.type == _TEXT and isinstance(item, bytes):
+                return where, item
+            if field.type == _MESSAGE and field.message_type.name != 'BlobProto':
+                found = _first_non_text(item)
+                if found:
+                    return f'{where}.{found[0]}', found[1]
+    return None
 
 
 def _check_layers(net: Message, path: Path, what: str) -> Message:
@@ -260,6 +286,10 @@ def _check_layers(net: Message, path: Path, what: str) -> Message:
             "upgrade_net_proto_binary / upgrade_net_proto_text tools first")
     if not len(net.layer):
         raise UserError(f'{what} {path} holds no layers: it is not a Caffe network')
+    found = _first_non_text(net)
+    if found:
+        raise UserError(f'{what} {path}: {found[0]} is not UTF-8 text ({found[1][:40]!r}): the file is corrupt; '
+                        'use the released file')
     return net
 
 
@@ -289,12 +319,17 @@ def net_to_text(net: Message) -> str:
     return text_format.MessageToString(net)
 
 
-def _blob_shape(blob: Message) -> Tuple[int, ...]:
+def blob_shape(blob: Message, where: str) -> Tuple[int, ...]:
+    """The blob's shape: its ``shape`` field, or the legacy (num, channels, height, width)."""
     if blob.HasField('shape'):
-        return tuple(blob.shape.dim)
-    legacy = (blob.num, blob.channels, blob.height, blob.width)
-    # legacy 4-D blobs leave unused leading axes at 0 or 1; both mean "absent"
-    return tuple(max(d, 1) for d in legacy) if any(legacy) else ()
+        shape = tuple(blob.shape.dim)
+    else:
+        legacy = (blob.num, blob.channels, blob.height, blob.width)
+        # legacy 4-D blobs leave unused leading axes at 0 or 1; both mean "absent"
+        shape = tuple(max(d, 1) for d in legacy) if any(legacy) else ()
+    if any(d < 0 for d in shape):
+        raise UserError(f'{where} has a negative dimension in its shape {list(shape)}: the file is corrupt')
+    return shape
 
 
 def _unpacked_values(blob: Message, field_number: int, wire_type: int) -> List[int]:
@@ -304,7 +339,7 @@ def _unpacked_values(blob: Message, field_number: int, wire_type: int) -> List[i
 
 def blob_array(blob: Message, where: str) -> np.ndarray:
     """The blob's values as a float32 array of its shape (read-only view where the encoding allows)."""
-    shape = _blob_shape(blob)
+    shape = blob_shape(blob, where)
     if len(blob.data):
         values = np.frombuffer(b''.join(blob.data) if len(blob.data) > 1 else blob.data[0], dtype='<f4')
     elif len(blob.double_data):
@@ -316,7 +351,7 @@ def blob_array(blob: Message, where: str) -> np.ndarray:
             values = np.array(floats, dtype=np.uint32).view(np.float32)
         else:
             values = np.array(doubles, dtype=np.uint64).view(np.float64).astype(np.float32)
-    if values.size != int(np.prod(shape)):
+    if values.size != math.prod(shape):
         raise UserError(
             f'{where} holds {values.size} values for shape {list(shape)}: the file is truncated or corrupt')
     return values.reshape(shape)

@@ -1,6 +1,9 @@
-"""``convert-caffe``: a caffemodel of the SKNet Caffe release -> timm ``.safetensors``, optionally verified.
+"""convert-caffe: a caffemodel of the SKNet Caffe release -> timm safetensors, optionally verified.
 
+    convert-caffe SKNet-50.caffemodel --model sknet50 --install [--verify]
     convert-caffe SKNet-50.caffemodel --model sknet50 --output sknet50.safetensors [--verify]
+
+``--install`` writes to the local weights store (``timm_sknet.store``), which ``pretrained=True`` reads first.
 
 The converted weights expect timm's data config of the model (RGB, ``(x / 255 - mean) / std`` with the
 release's mean and a std of 1/255); ``--verify`` runs the caffemodel through OpenCV's Caffe importer under
@@ -14,26 +17,45 @@ import os
 from importlib.metadata import version
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 import timm_sknet
 from timm_sknet.errors import UserError, run_cli
-from timm_sknet.fileio import atomic_output, check_can_write, sha256_file
+from timm_sknet.fileio import atomic_output, check_output_file, sha256_file, write_error
+from timm_sknet.store import STORE_ENV, install_target
 
 from .caffe_proto import read_caffemodel, read_prototxt
-from .convert import InferenceGraph, caffe_state_dict, convertible_models, target_spec
+from .convert import CAFFE_TAG, InferenceGraph, caffe_state_dict, convertible_models, target_spec
 
 VERIFY_IMAGES = 2  # generated images when no --image is given: enough for logits, quick on 2 CPU cores
+WEIGHTS_SUFFIX = '.safetensors'
+
+
+def output_file(path: os.PathLike, force: bool, *, parent_created_later: bool = False) -> Path:
+    """Where converted weights may be written: a ``.safetensors`` file, not a directory (even with ``force``),
+    replacing an existing file only when forced (``timm_sknet.fileio.check_output_file``)."""
+    path = Path(path)
+    if not path.name.endswith(WEIGHTS_SUFFIX) and not path.is_dir():
+        suggestion = path.with_suffix(WEIGHTS_SUFFIX) if path.suffix else path.with_name(path.name + WEIGHTS_SUFFIX)
+        raise UserError(f'{path} does not end in {WEIGHTS_SUFFIX}: timm would open it with torch.load, which '
+                        f'unpickles it and fails on safetensors data; name it {suggestion}')
+    return check_output_file(path, force, parent_created_later=parent_created_later)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('caffemodel', help='the .caffemodel of the release (SKNet-50 or SKNet-101)')
     parser.add_argument('--model', required=True, choices=convertible_models(), help='the timm model it holds')
-    parser.add_argument('--output', required=True, help='the .safetensors file to write')
+    destination = parser.add_mutually_exclusive_group(required=True)
+    destination.add_argument('--output', help='the .safetensors file to write')
+    destination.add_argument(
+        '--install', action='store_true',
+        help=f'write to the local weights store instead, where timm.create_model(MODEL, pretrained=True) finds it: '
+             f'${STORE_ENV}, else timm-sknet in $XDG_CACHE_HOME or ~/.cache')
     parser.add_argument(
         '--prototxt', help="network definition to use instead of the one the caffemodel embeds (e.g. the "
                            "release's sknet50.prototxt)")
-    parser.add_argument('--force', action='store_true', help='overwrite an existing output')
+    parser.add_argument('--force', action='store_true', help='overwrite an existing output or installed copy')
     parser.add_argument(
         '--verify', action='store_true',
         help="compare the converted model's logits with OpenCV's run of the caffemodel; fail above "
@@ -44,7 +66,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    output = check_can_write(args.output, args.force)
+    name_tag = f'{args.model}.{CAFFE_TAG}'
+    output = install_target(name_tag, args.force) if args.install else output_file(args.output, args.force)
     if Path(args.caffemodel).resolve() == output.resolve():
         raise UserError('--output is the caffemodel itself; choose another file')
     if args.image and not args.verify:
@@ -74,10 +97,21 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         from .verify import verify_conversion  # imports torch and timm: only here
         metadata.update(verify_conversion(graph, weights, tensors, args.model, args.image, VERIFY_IMAGES))
+    if args.install:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(output, e) from None
     with atomic_output(output) as tmp:
-        save_file(tensors, tmp, metadata)
-    print(f'wrote {output}; load it with timm.create_model({args.model!r}, pretrained=True, '
-          f'pretrained_cfg_overlay=dict(file={str(output)!r}))')
+        try:
+            save_file(tensors, tmp, metadata)
+        except SafetensorError as e:  # its I/O errors (a full disk, a file-size limit) come wrapped
+            raise write_error(output, e) from None
+    if args.install:
+        print(f'installed {name_tag} as {output}; timm.create_model({args.model!r}, pretrained=True) loads it')
+    else:
+        print(f'wrote {output}; load it with timm.create_model({args.model!r}, pretrained=True, '
+              f'pretrained_cfg_overlay=dict(file={str(output)!r})), or convert with --install instead of --output')
     return 0
 
 
@@ -85,7 +119,10 @@ def main() -> None:
     def _main() -> int:
         parser = argparse.ArgumentParser(prog='convert-caffe', description=__doc__.split('\n')[0])
         configure_parser(parser)
-        return run(parser.parse_args())
+        try:
+            return run(parser.parse_args())
+        except UserError as e:  # names read from a damaged file may hold control characters: one line all the same
+            raise UserError(''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))) from None
 
     run_cli('convert-caffe', _main)
 

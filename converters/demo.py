@@ -4,9 +4,14 @@ The released caffemodels live on Google Drive (linked from github.com/implus/SKN
 licence file) and cannot be fetched here, so the demo writes an SKNet-50 caffemodel in the release's exact
 format (graph, layer names, CuDNNBatchNorm blobs) from random weights with trained-looking BatchNorm, then
 runs the same ``convert-caffe --verify`` command a user runs on the real file. Output: ``out/demo/``.
+Then it installs them as a user would (``convert-caffe --install``), into a temporary store so that the user's own
+stays untouched, lists the store and loads them with ``timm.create_model('sknet50', pretrained=True)``.
 """
+import logging
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +21,13 @@ from safetensors.numpy import load_file
 from torch import nn
 
 from timm_sknet import SKBottleneck
+from timm_sknet.release import RELEASE_URL
+from timm_sknet.store import STORE_ENV
 
 from .verify import generated_images, timm_input
 from .writer import write_caffemodel
 
 OUT_DIR = Path('out/demo')
-RELEASE_URL = 'https://github.com/implus/SKNet'
 
 
 def release_like_model(model_name: str, seed: int = 0) -> nn.Module:
@@ -73,6 +79,31 @@ def main() -> None:
     max_diff = max(float(np.abs(converted[k] - v.numpy()).max()) for k, v in expected.items())
     print(f'\nround trip: the {len(expected)} weight and BN tensors converted back from the caffemodel equal the '
           f'generated model\'s: max |diff| {max_diff:g}')
+    with tempfile.TemporaryDirectory(prefix='timm-sknet-demo-store-') as store:
+        install_and_load(caffemodel, converted, store)
+
+
+def install_and_load(caffemodel: Path, converted: dict, store: str) -> None:
+    """What a user does next with the real file: install it, list the store, load it with pretrained=True."""
+    os.environ[STORE_ENV] = store
+    print(f'\nWith the real file, install the weights where pretrained=True finds them. The demo installs its random '
+          f'ones into a temporary store ({STORE_ENV}={store}), leaving yours untouched.')
+    for command in (['convert-caffe', str(caffemodel), '--model', 'sknet50', '--install'],
+                    ['timm-sknet', 'installed']):
+        print('$ ' + ' '.join(command), flush=True)
+        module = 'converters.cli' if command[0] == 'convert-caffe' else 'timm_sknet.cli'
+        code = subprocess.run([sys.executable, '-c', f'from {module} import main; main()', *command[1:]]).returncode
+        if code:
+            sys.exit(code)
+
+    print(">>> model = timm.create_model('sknet50', pretrained=True)")
+    log = logging.getLogger('timm_sknet.pretrained')
+    log.addHandler(logging.StreamHandler(sys.stdout))
+    log.setLevel(logging.INFO)
+    model = timm.create_model('sknet50', pretrained=True)
+    state = model.state_dict()
+    same = state.keys() == converted.keys() and all(np.array_equal(converted[k], v.numpy()) for k, v in state.items())
+    print(f'its weights equal {OUT_DIR / "sknet50.safetensors"}: {same}')
 
 
 if __name__ == '__main__':

@@ -2,7 +2,7 @@
 
 Importing torch and timm takes more memory than converting a 200 MB caffemodel does, so the conversion reads
 its target from ``converters/specs/<model>.json`` instead of building the timm model. The files are generated
-here from the timm models themselves, and ``tests/test_convert_spec.py`` checks that each shipped file equals
+here from the timm models themselves, and ``tests/converters/test_convert_spec.py`` checks that each shipped file equals
 what the model generates, so a spec cannot drift from its architecture. After changing an architecture:
 
     python -m converters.spec --write

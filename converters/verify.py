@@ -105,8 +105,9 @@ def _deploy_net(graph: InferenceGraph, weights: Message, batch_shape: Tuple[int,
                 copy.ClearField('bvlc_batch_norm_param')
                 copy.batch_norm_param.Clear()
                 copy.batch_norm_param.eps = bn_eps(layer)
-            if name in blobs:
-                params.layer.add(name=name).blobs.extend(blobs[name])
+            if name in blobs:  # OpenCV's importer reads no double_data: those blobs go as packed float32
+                params.layer.add(name=name).blobs.extend(
+                    blob if len(blob.data) else array_blob(blob_array(blob, name)) for blob in blobs[name])
     return net_to_text(deploy), params.SerializeToString()
 
 
@@ -116,12 +117,17 @@ def opencv_logits(graph: InferenceGraph, weights: Message, images_bgr: np.ndarra
     batch = images_bgr.astype(np.float32) - np.array(CAFFE_BGR_MEAN, np.float32)
     batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
     prototxt, caffemodel = _deploy_net(graph, weights, batch.shape)
-    net = cv2.dnn.readNetFromCaffe(np.frombuffer(prototxt.encode(), np.uint8), np.frombuffer(caffemodel, np.uint8))
-    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    net.enableWinograd(False)  # Winograd's 3x3 convolutions trade accuracy for speed
-    net.setInput(batch, graph.image_blob)
-    logits = net.forward(graph.logits_blob)
+    try:
+        net = cv2.dnn.readNetFromCaffe(np.frombuffer(prototxt.encode(), np.uint8), np.frombuffer(caffemodel, np.uint8))
+        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        net.enableWinograd(False)  # Winograd's 3x3 convolutions trade accuracy for speed
+        net.setInput(batch, graph.image_blob)
+        logits = net.forward(graph.logits_blob)
+    except cv2.error as e:
+        reason = next((line for line in str(e).splitlines() if 'error:' in line), str(e)).strip()
+        raise UserError(f'OpenCV {cv2.__version__} cannot run the caffemodel ({reason}); convert without --verify, '
+                        'or verify with another OpenCV version') from None
     return logits.reshape(len(images_bgr), -1), f'opencv {cv2.__version__}'
 
 

@@ -1,7 +1,8 @@
 """Model cards for the converted SKNets: Hub front matter, provenance, parity with Caffe, measured accuracy.
 
-A card quotes only what was measured on the weights it ships: without validation results it says so and
-carries no metric (and no ``model-index``).
+A card claims only what it can show. Provenance is stated as facts (source file, sha256, verify figures); what the
+weights are (an ImageNet-1k classifier, how accurate) only from validation results measured on them. Without
+results the card says the weights are unvalidated and carries no metric, dataset or ``model-index``.
 """
 import math
 from importlib import resources
@@ -14,11 +15,15 @@ from torch import nn
 
 from timm_sknet.errors import UserError
 from timm_sknet.hub import DEFAULT_HUB_NAMESPACE, HUB_NAMESPACE_ENV
-
-from .release import CITATION, PAPER_AUTHORS, PAPER_TITLE, PAPER_URL, RELEASE_URL, ReleasedModel, released_model
-from timm_sknet.weights import PROVENANCE_KEYS, VERIFY_KEYS, architecture
+from timm_sknet.release import (
+    CITATION, PAPER_AUTHORS, PAPER_TITLE, PAPER_URL, RELEASE_URL, ReleasedModel, released_model)
+from timm_sknet.store import PROVENANCE_KEYS, VERIFY_KEYS
+from timm_sknet.weights import architecture
 
 TEMPLATE = 'templates/model_card.md'
+UNVALIDATED_SUMMARY = (
+    '**These weights are unvalidated:** no accuracy has been measured on them, so this card makes no claim about '
+    'their training data or how well they classify; the provenance below is what is known of them.')
 TAGS = ['image-classification', 'timm', 'sknet', 'selective-kernel']
 
 
@@ -45,6 +50,8 @@ def render_card(
         front_matter=yaml.safe_dump(front_matter(repo_name, results), sort_keys=False, allow_unicode=True),
         repo_name=repo_name,
         repo_id=repo_id,
+        summary=_summary(release, results) if results else UNVALIDATED_SUMMARY,
+        dataset='ImageNet-1k (validation results below)' if results else 'not established: the weights are unvalidated',
         arch=arch,
         paper_name=release.paper_name,
         paper_title=PAPER_TITLE,
@@ -77,9 +84,9 @@ def front_matter(repo_name: str, results: Optional[Dict[str, Any]] = None) -> Di
         'license': 'other',
         'tags': list(TAGS),
         'pipeline_tag': 'image-classification',
-        'datasets': ['imagenet-1k'],
     }
     if results:
+        front['datasets'] = ['imagenet-1k']
         front['model-index'] = [{
             'name': repo_name,
             'results': [{
@@ -101,6 +108,14 @@ def _metrics(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             {'type': 'top_5_accuracy', 'name': f'Top-5 accuracy ({setting})', 'value': round(evaluation['top5'], 3)},
         ]
     return metrics
+
+
+def _summary(release: ReleasedModel, results: Dict[str, Any]) -> str:
+    first = results['evaluations'][0]
+    size = first['input_size'][-1]
+    reported = f" (the paper reports {release.reported_top1(size):.2f}%)" if size in release.reported_top1_err else ''
+    return (f"Its top-1 on the {results['data']['image_count']:,} ImageNet-1k validation images, measured on exactly "
+            f"these weights, is {first['top1']:.3f}% at {size} x {size}{reported}; see Evaluation.")
 
 
 def _resize(size: int, crop_pct: float) -> int:

@@ -1,33 +1,37 @@
 """``timm-sknet publish``: a Hub repo's model.safetensors, config.json (timm's format) and README.md.
 
 ``--dry-run --output-dir DIR`` only writes the three files; otherwise they are uploaded as one commit (the
-token comes from ``hf auth login`` or ``$HF_TOKEN``). The Hub drops files that did not change, so publishing
-the same files again makes no commit.
+token comes from ``hf auth login`` or ``$HF_TOKEN``). huggingface_hub drops files that did not change, so
+publishing the same files again makes no commit. Uploading a card without validation results needs
+``--allow-unvalidated``: such a card says the weights are unvalidated.
 """
 import argparse
 import contextlib
+import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import timm
-from huggingface_hub import CommitOperationAdd, HfApi, get_token
+from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
-from timm.models import split_model_name_tag
-from timm.models._hub import save_config_for_hf
+from huggingface_hub.utils import (
+    are_progress_bars_disabled, disable_progress_bars, enable_progress_bars, validate_repo_id)
+from huggingface_hub.utils import logging as hf_logging
+from timm.models import save_for_hf, split_model_name_tag
 from torch import nn
 
 from timm_sknet.errors import UserError
 from timm_sknet.fileio import check_can_write, sha256_file
 from timm_sknet.hub import HUB_WEIGHTS_FILENAME
+from timm_sknet.release import released_model
+from timm_sknet.weights import architecture, create_model_with_weights
 
 from .card import render_card
-from .release import released_model
 from .results import read_results
-from timm_sknet.weights import architecture, create_model_with_weights
 
 REPO_FILES = (HUB_WEIGHTS_FILENAME, 'config.json', 'README.md')
 
@@ -41,6 +45,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--results', type=Path, metavar='RESULTS.json',
                         help='timm-sknet validate results for exactly these weights on ImageNet-1k val; without '
                              'them the card says the weights are not yet validated')
+    parser.add_argument('--allow-unvalidated', action='store_true',
+                        help='upload without --results: the card then says the weights are unvalidated')
     parser.add_argument('--dry-run', action='store_true', help='write the files to --output-dir, upload nothing')
     parser.add_argument('--output-dir', type=Path, metavar='DIR',
                         help='where to write the repo files (required with --dry-run)')
@@ -55,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     _check_repo_id(args.repo_id, arch)
     if args.dry_run and args.output_dir is None:
         raise UserError('--dry-run writes the repo files to --output-dir DIR; pass one')
+    if not args.dry_run and args.results is None and not args.allow_unvalidated:
+        raise UserError(
+            'no --results: the card would say these weights are unvalidated; measure them with timm-sknet validate '
+            'and pass --results, or pass --allow-unvalidated to upload an unvalidated card')
     if args.output_dir is not None:
         check_can_write(args.output_dir, args.force)
     token = None if args.dry_run else get_token()
@@ -84,37 +94,77 @@ def run(args: argparse.Namespace) -> int:
 def write_repo_files(directory: Path, model: nn.Module, weights: Path, card: str) -> None:
     """The Hub repo's files: the weights byte for byte (their sha256 is what results refer to), config, card."""
     shutil.copyfile(weights, directory / HUB_WEIGHTS_FILENAME)
-    # Naming the file keeps timm on safetensors: without it a missing file would send it to pytorch_model.bin.
-    save_config_for_hf(
-        model, str(directory / 'config.json'),
-        model_config={'pretrained_cfg': {'hf_hub_filename': HUB_WEIGHTS_FILENAME}})
+    (directory / 'config.json').write_text(json.dumps(hub_config(model), indent=2), encoding='utf-8')
     (directory / 'README.md').write_text(card, encoding='utf-8')
 
 
+def hub_config(model: nn.Module) -> Dict[str, Any]:
+    """config.json as timm writes it for its own Hub repos, which ``hf-hub:`` and transformers' timm wrapper read."""
+    with tempfile.TemporaryDirectory(prefix='timm-sknet-config-') as scratch:
+        # timm's public export writes the weights too; they are discarded, the repo gets the converted file as is.
+        # Naming the file keeps timm on safetensors: without it a missing file would send it to pytorch_model.bin.
+        save_for_hf(model, scratch, model_config={'pretrained_cfg': {'hf_hub_filename': HUB_WEIGHTS_FILENAME}},
+                    safe_serialization=True)
+        config = json.loads((Path(scratch) / 'config.json').read_text(encoding='utf-8'))
+    # model_args repeats what the root and pretrained_cfg already say; timm's own Hub configs have none, and
+    # transformers' wrapper, which passes num_classes itself, fails on a second one ("multiple values").
+    implied = {'num_classes': config['num_classes'], 'in_chans': config['pretrained_cfg']['input_size'][0],
+               'global_pool': config.get('global_pool')}
+    model_args = {k: v for k, v in config.pop('model_args', {}).items() if k not in implied or implied[k] != v}
+    if model_args:
+        config['model_args'] = model_args
+    return config
+
+
 def upload(directory: Path, repo_id: str, token: str, private: bool, revision: Optional[str]) -> str:
-    """Create the repo (and branch) if needed and commit the repo files; returns a one-line report."""
+    """Create the repo (and branch) if needed and upload the repo files as one commit; returns a one-line report."""
     api = HfApi(token=token)
-    try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        head = api.repo_info(repo_id, revision=revision).sha
-        commit = api.create_commit(
-            repo_id,
-            operations=[CommitOperationAdd(path_in_repo=name, path_or_fileobj=directory / name) for name in REPO_FILES],
-            commit_message='Publish weights converted from the Caffe release, config and model card',
-            revision=revision,
-        )
-    except Exception as e:  # noqa: BLE001  (the Hub's HTTP client, hence its errors, differs across versions)
-        message = str(e).splitlines()[0] if str(e) else ''
-        # the Hub's reason (e.g. 'Invalid credentials in Authorization header') comes on a later line of str(e)
-        server_message = ' '.join((getattr(e, 'server_message', None) or '').split())
-        if server_message and server_message not in message:
-            message += f' ({server_message})'
-        raise UserError(f'upload to {repo_id} failed: {type(e).__name__}: {message}') from None
+    with _quiet_hub_client():
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            head = api.repo_info(repo_id, revision=revision).sha
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=directory, allow_patterns=list(REPO_FILES), revision=revision,
+                parent_commit=head, commit_message='Publish model.safetensors, config.json and the model card')
+            failure = ''
+        except Exception as e:  # noqa: BLE001  (the Hub's HTTP client, hence its errors, differs across versions)
+            failure = _reason(e)
+    # raised here, not in the except block, so the failed call's frames (and their progress bars) are gone first
+    if failure:
+        raise UserError(
+            f'upload to {repo_id} at {api.endpoint} failed: {failure}; the files go in one commit, so the repo '
+            'holds all of them or none: run the command again once the cause is fixed')
     if commit.oid == head:
         return f'{repo_id} already holds these files; no commit made ({head})'
     return f'published {repo_id}: {commit.commit_url}'
+
+
+@contextlib.contextmanager
+def _quiet_hub_client() -> Iterator[None]:
+    """huggingface_hub's retry and "no files modified" warnings off (this command reports in its own line), and its
+    upload progress bars only on a terminal."""
+    verbosity, bars_disabled = hf_logging.get_verbosity(), are_progress_bars_disabled()
+    hf_logging.set_verbosity_error()
+    if not sys.stderr.isatty():
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if not bars_disabled:
+            enable_progress_bars()
+
+
+def _reason(error: Exception) -> str:
+    """The error's first line, with the Hub's reason (e.g. 'Invalid credentials in Authorization header'), which
+    huggingface_hub puts on a later line."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ''
+    server_message = ' '.join((getattr(error, 'server_message', None) or '').split())
+    if server_message and server_message not in message:
+        message += f' ({server_message})'
+    return f'{type(error).__name__}: {message}'
 
 
 def _check_repo_id(repo_id: str, arch: str) -> None:

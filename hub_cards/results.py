@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import Any, Dict
 
 from timm_sknet.errors import UserError
-
 from timm_sknet.weights import architecture
 
 RESULTS_FORMAT = 'timm-sknet-validate/1'

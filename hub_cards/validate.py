@@ -20,9 +20,9 @@ from tqdm import tqdm
 import timm_sknet
 from timm_sknet.errors import UserError
 from timm_sknet.fileio import atomic_output, check_can_write, sha256_file
+from timm_sknet.weights import create_model_with_weights
 
 from .results import RESULTS_FORMAT
-from timm_sknet.weights import create_model_with_weights
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import timm
@@ -27,16 +27,20 @@ NAMESPACE = 'e2e-sknet'
 BIN_DIR = Path(sys.executable).parent
 SERVER_START_TIMEOUT_S = 60
 
-# argv: converted.safetensors inputs.safetensors output.safetensors LABEL=MODEL_NAME...; each model is built with
-# pretrained=True and its logits and whether its weights equal the converted ones are saved under LABEL.
+# argv: converted.safetensors REFERENCE_MODEL inputs.safetensors output.safetensors LABEL=MODEL_NAME...; the
+# reference model is built with the converted weights and its logits saved as 'converted'; each labelled model is
+# built with pretrained=True and its logits and whether its weights equal the converted ones are saved under LABEL.
+# The log (INFO: where the weights came from) goes to stderr.
 LOAD_SCRIPT = """
-import sys
+import logging, sys
 import timm, timm_sknet, torch
 from safetensors.torch import load_file, save_file
 
-converted_path, inputs_path, output_path, *labelled = sys.argv[1:]
+logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
+
+converted_path, reference_model, inputs_path, output_path, *labelled = sys.argv[1:]
 converted = load_file(converted_path)
-reference = timm.create_model('sknet50')
+reference = timm.create_model(reference_model)
 reference.load_state_dict(converted)
 models = {'converted': reference}
 for label, name in (arg.split('=', 1) for arg in labelled):
@@ -50,6 +54,24 @@ with torch.inference_mode():
         out[name + '_same_weights'] = torch.tensor(
             state.keys() == converted.keys() and all(torch.equal(converted[k], v) for k, v in state.items()))
 save_file(out, output_path)
+"""
+
+
+# Builds each argv model with pretrained=True and prints, as one JSON line each, how long that took and the error.
+FAIL_SCRIPT = """
+import json, sys, time
+import timm
+for name in sys.argv[1:]:
+    start = time.monotonic()
+    try:
+        timm.create_model(name, pretrained=True)
+        error = None
+    except Exception as e:
+        error = e
+    print(json.dumps({
+        'model': name, 'seconds': time.monotonic() - start, 'message': str(error),
+        'types': [t.__name__ for t in type(error).__mro__],
+        'cause': type(error.__cause__).__name__ if error is not None else None}), flush=True)
 """
 
 
@@ -124,27 +146,35 @@ def olah(mirrors: Path, workdir: Path, probe: str) -> Iterator[str]:
         yield endpoint
 
 
-def client_env(endpoint: str, hf_home: Path) -> Dict[str, str]:
+def client_env(endpoint: str, hf_home: Path, store: Optional[Path] = None) -> Dict[str, str]:
     """huggingface_hub pointed at ``endpoint`` with its cache in ``hf_home``: no HF_* settings (token included)
-    or proxies from outside, and the models' Hub namespace set to ``NAMESPACE``."""
+    or proxies from outside, the models' Hub namespace set to ``NAMESPACE``, and timm-sknet's local weights store
+    at ``store`` (default: an empty folder), never the user's."""
     proxies = ('http_proxy', 'https_proxy', 'all_proxy')
     env = {k: v for k, v in os.environ.items() if not k.startswith('HF_') and k.lower() not in proxies}
     env.update(
         HF_ENDPOINT=endpoint, HF_HOME=str(hf_home), HF_HUB_DISABLE_TELEMETRY='1', NO_PROXY='127.0.0.1,localhost',
-        TIMM_SKNET_HUB_NAMESPACE=NAMESPACE)
+        TIMM_SKNET_HUB_NAMESPACE=NAMESPACE, TIMM_SKNET_HOME=str(store or hf_home / 'empty-weights-store'))
     return env
 
 
-def load_through_hub(endpoint: str, hf_home: Path, converted: Path, workdir: Path,
-                     **models: str) -> Dict[str, torch.Tensor]:
-    """Build ``models`` (label -> timm model name, pretrained) in a subprocess whose Hub is ``endpoint``; returns
-    LOAD_SCRIPT's outputs: each label's logits and ``LABEL_same_weights``, and the converted model's logits."""
+def load_pretrained(env: Dict[str, str], converted: Path, workdir: Path, reference: str = 'sknet50',
+                    **models: str) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Build ``models`` (label -> timm model name, pretrained) in a subprocess with ``env``; returns LOAD_SCRIPT's
+    outputs (each label's logits and ``LABEL_same_weights``, and the logits of ``reference`` with the converted
+    weights) and its log."""
     inputs = workdir / 'inputs.safetensors'
     save_file({'x': torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))}, str(inputs))
     logits = workdir / 'logits.safetensors'
     load = subprocess.run(
-        [sys.executable, '-c', LOAD_SCRIPT, str(converted), str(inputs), str(logits),
+        [sys.executable, '-c', LOAD_SCRIPT, str(converted), reference, str(inputs), str(logits),
          *(f'{label}={name}' for label, name in models.items())],
-        env=client_env(endpoint, hf_home), capture_output=True, text=True, timeout=300)
+        env=env, capture_output=True, text=True, timeout=300)
     assert load.returncode == 0, load.stderr[-4000:]
-    return load_file(str(logits))
+    return load_file(str(logits)), load.stderr
+
+
+def load_through_hub(endpoint: str, hf_home: Path, converted: Path, workdir: Path, reference: str = 'sknet50',
+                     **models: str) -> Dict[str, torch.Tensor]:
+    """``load_pretrained`` with the Hub at ``endpoint`` (``client_env``); returns the outputs."""
+    return load_pretrained(client_env(endpoint, hf_home), converted, workdir, reference, **models)[0]

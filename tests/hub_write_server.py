@@ -1,5 +1,6 @@
 """A writable Hugging Face Hub on loopback, for tests: the part of the Hub's HTTP API that ``huggingface_hub``'s
-``create_repo``, ``create_branch``, ``repo_info`` and ``create_commit`` (plain LFS transfer) use.
+``create_repo``, ``create_branch``, ``repo_info`` and ``upload_folder`` (its ``create_commit``, plain LFS transfer)
+use.
 
     python tests/hub_write_server.py --root DIR --port N --token T
 
@@ -34,6 +35,11 @@ what the Hub answers where the client depends on it:
 Writes need ``Authorization: Bearer <token>``; a wrong token gets 401 on any request, as on the Hub. ``HEAD /``
 answers 200 once the server is up. Every request is logged to stdout as one JSON line (method, path, status
 and what it did), before it is answered and never with its headers.
+
+Test-only switch: while the file ``DIR/.drop-uploads/<namespace>/<name>`` exists, every LFS upload (``PUT``) to
+that repo is cut off mid-transfer, as by a network failure: the server reads half the body, logs the request with
+status ``null`` and ``dropped_after`` (bytes read), and closes the connection without an answer. Nothing of it
+is stored.
 """
 import argparse
 import base64
@@ -44,6 +50,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import tempfile
 import threading
@@ -69,6 +76,15 @@ GIT_ENV = {**os.environ, 'GIT_CONFIG_NOSYSTEM': '1', 'GIT_CONFIG_GLOBAL': os.dev
            'GIT_AUTHOR_NAME': 'hub-write-server', 'GIT_AUTHOR_EMAIL': 'hub@localhost',
            'GIT_COMMITTER_NAME': 'hub-write-server', 'GIT_COMMITTER_EMAIL': 'hub@localhost'}
 INVALID_TOKEN = 'Invalid credentials in Authorization header'
+DROP_UPLOADS_DIR = '.drop-uploads'  # the test-only switch (see the module docstring)
+
+
+class DroppedConnection(Exception):
+    """The test-only switch cut an upload off after ``received`` bytes: the connection closes with no answer."""
+
+    def __init__(self, received: int):
+        super().__init__(received)
+        self.received = received
 
 
 class HubError(Exception):
@@ -383,6 +399,12 @@ class Handler(BaseHTTPRequestHandler):
                 status, body, details = self._dispatch(url.path, parse_qs(url.query))
             except json.JSONDecodeError as e:
                 raise HubError(400, f'Malformed JSON in the request body: {e}') from None
+        except DroppedConnection as e:
+            print(json.dumps({'method': self.command, 'path': unquote(url.path), 'status': None,
+                              'dropped_after': e.received}), flush=True)
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)  # the unread rest of the body makes the client's send fail
+            return
         except HubError as e:
             status, body, details = e.status, {'error': e.message, **e.body}, {'error': e.message}
             headers = {'X-Error-Message': e.message, **({'X-Error-Code': e.code} if e.code else {})}
@@ -405,16 +427,18 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get('Content-Length') or 0)
         upload = re.fullmatch(rf'/lfs{REPO}/(?P<oid>[0-9a-f]{{64}})', raw_path) if self.command == 'PUT' else None
         if upload:
+            repo_id = _check_name(unquote(upload['ns']), unquote(upload['name']))
+            if (hub.root / DROP_UPLOADS_DIR / repo_id).exists():
+                raise DroppedConnection(len(self.rfile.read(length // 2)))
             with tempfile.NamedTemporaryFile(dir=hub.root, prefix='.upload-', delete=False) as spool:
                 digest = hashlib.sha256()
                 for chunk in iter(lambda: self.rfile.read(min(1 << 20, length - spool.tell())), b''):
                     digest.update(chunk)
                     spool.write(chunk)
             try:
-                args = {k: unquote(v) for k, v in upload.groupdict().items()}
                 with hub.lock:
-                    return hub.lfs_upload(_check_name(args['ns'], args['name']), args['oid'], query,
-                                          Path(spool.name), digest.hexdigest(), length)
+                    return hub.lfs_upload(repo_id, unquote(upload['oid']), query, Path(spool.name),
+                                          digest.hexdigest(), length)
             finally:
                 Path(spool.name).unlink(missing_ok=True)
         body = self.rfile.read(length)

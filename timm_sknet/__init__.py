@@ -7,11 +7,13 @@ import importlib
 import sys
 
 __version__ = '0.1.0'
-__all__ = ['SKAttention', 'SKBasicBlock', 'SKBottleneck', 'SKConv', 'SKNet']
+__all__ = ['SKAttention', 'SKBasicBlock', 'SKBottleneck', 'SKConv', 'SKNet', 'SKShuffleNetV2']
 
 _LAZY_ATTRIBUTES = {
     'SKAttention': 'layers', 'SKBasicBlock': 'layers', 'SKBottleneck': 'layers', 'SKConv': 'layers',
-    'SKNet': 'sknet'}
+    'SKNet': 'sknet', 'SKShuffleNetV2': 'sk_shufflenet'}
+# the modules whose @register_model functions fill timm's registry, one per model family
+_MODEL_MODULES = ('sknet', 'sk_shufflenet')
 
 
 def __getattr__(name: str):
@@ -20,8 +22,14 @@ def __getattr__(name: str):
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
+def register_models() -> None:
+    """Register every model with timm (imports torch, timm and the model modules); the import hook calls it."""
+    for module in _MODEL_MODULES:
+        importlib.import_module(f'{__name__}.{module}')
+
+
 if 'timm' in sys.modules:
-    importlib.import_module(f'{__name__}.sknet')
+    register_models()
 else:
     try:  # the copy the start-up hook already runs from, so only one hook is ever waiting
         import _timm_sknet_autoload as _autoload

@@ -3,8 +3,9 @@
 The wheel ships this file at its root as ``_timm_sknet_autoload`` together with ``timm_sknet_autoload.pth``,
 whose ``import`` line runs at every interpreter start. That line must cost nothing: this module imports only
 what ``site`` has already loaded and puts one finder on ``sys.meta_path``. The finder stays idle until
-``timm`` is imported, lets the real loader run timm, then imports ``timm_sknet`` (whose ``@register_model``
-functions fill timm's registry) and leaves ``sys.meta_path`` for good.
+``timm`` is imported, lets the real loader run timm, then has ``timm_sknet`` import its model modules (whose
+``@register_model`` functions fill timm's registry) and leaves ``sys.meta_path`` for good. The list of model
+modules lives in the package, not in this file: an editable install keeps a copy of this file from install time.
 
 Set ``TIMM_SKNET_AUTOLOAD=0`` (or false / no / off) to switch it off, in the environment or in ``os.environ``
 before timm is imported; ``import timm_sknet`` then registers the models explicitly. ``python -S`` skips all
@@ -26,7 +27,7 @@ def _register_models(explicit: bool) -> None:
         return
     import importlib
     try:
-        importlib.import_module('timm_sknet.sknet')  # its @register_model functions fill timm's registry
+        importlib.import_module('timm_sknet').register_models()
     except Exception as e:  # a broken plugin must never break `import timm` itself
         import warnings
         warnings.warn(

@@ -8,7 +8,9 @@ outputs are untouched), ``zoom_transform(data_config, scale)`` enlarges the obje
 Unit names: the paper writes ``SK_3_4`` for the 4th unit of stage 3 and numbers stages like the Caffe blobs,
 ``conv2_x`` .. ``conv5_x`` (``conv1`` is the stem); its SKNet-50 figures discuss SK_2_3, SK_3_4 and SK_5_3, and a
 stage 5 exists only in that numbering. timm's ``layer1`` is therefore stage 2: ``layer1.0`` -> ``SK_2_1``, and the
-paper's units are ``layer1.2``, ``layer2.3`` and ``layer4.2``.
+paper's units are ``layer1.2``, ``layer2.3`` and ``layer4.2``. SK-ShuffleNetV2's ``stages.0`` is its paper's Stage2,
+so ``stages.0.0`` is ``SK_2_1`` too; an SK conv inside a branch module of a unit is named after that branch: the
+downsampling unit's ``stages.0.0.shortcut.conv_dw`` is ``SK_2_1_shortcut``.
 
 Zoom protocol (the paper: "central cropping and subsequent resizing", objects 1.0x / 1.5x / 2.0x): the 1.0x view
 is exactly the model's eval preprocessing from its pretrained_cfg (timm: shorter side resized to
@@ -43,7 +45,8 @@ from . import attention_plots
 from .errors import UserError
 from .fileio import atomic_output, check_can_write, sha256_file
 from .layers import SKConv
-from .sknet import default_cfgs
+from .sk_shufflenet import default_cfgs as sk_shufflenet_cfgs
+from .sknet import default_cfgs as sknet_cfgs
 from .weights import create_model_with_weights
 
 __all__ = [
@@ -51,14 +54,15 @@ __all__ = [
     'synthetic_images', 'configure_parser', 'run',
 ]
 
-_UNIT_NAME_RE = re.compile(r'(?:^|\.)layer(\d+)\.(\d+)\.')
+# a unit of timm's ResNet (layerS.U, S from 1) or of SK-ShuffleNetV2 (stages.S.U, S from 0)
+_UNIT_NAME_RE = re.compile(r'(?:^|\.)(?:layer(\d+)|stages\.(\d+))\.(\d+)\.')
 _ZOOM_CROP_MODES = ('center', 'squash')
 
 
 @dataclass(frozen=True)
 class SKUnit:
     """One SK convolution with attention: its paper name, where it sits and the kernel size of each path."""
-    name: str  # 'SK_3_4'; the module name when it is not under a 'layerS.U.' block
+    name: str  # 'SK_3_4' (or 'SK_2_1_shortcut'); the module name when it is not in a unit
     module_name: str  # the SKConv, e.g. 'layer2.3.conv2'
     stage: Optional[int]  # paper / Caffe stage: timm layerS is stage S + 1
     index: Optional[int]  # 1-based unit index within the stage
@@ -93,9 +97,15 @@ def sk_units(model: nn.Module) -> List[SKUnit]:
         if not isinstance(module, SKConv) or module.attn is None:
             continue
         match = _UNIT_NAME_RE.search(module_name + '.')
-        stage, index = (int(match.group(1)) + 1, int(match.group(2)) + 1) if match else (None, None)
+        stage = index = None
+        name = module_name
+        if match:
+            layer, stages, unit_index = match.groups()
+            stage, index = (int(layer) + 1 if layer else int(stages) + 2), int(unit_index) + 1
+            inner = module_name[match.end():].split('.')  # an SK conv in a branch module takes the branch's name
+            name = f'SK_{stage}_{index}' + (f'_{inner[0]}' if len(inner) > 1 else '')
         units.append(SKUnit(
-            name=f'SK_{stage}_{index}' if match else module_name,
+            name=name,
             module_name=module_name,
             stage=stage,
             index=index,
@@ -218,7 +228,7 @@ _ZOOM_TEXT = ('scale s: shorter side resized to round(s * floor(H / crop_pct)), 
               '(s = 1 is the eval preprocessing; the view shows the central 1/s of the 1.0x view)')
 _STATISTIC_TEXT = ('per image and unit: mean over channels of (attention of the largest kernel path - of the '
                    'smallest); mean_difference / std_difference: mean and population std over images')
-SK_MODEL_NAMES = tuple(sorted(default_cfgs))
+SK_MODEL_NAMES = tuple(sorted({**sknet_cfgs, **sk_shufflenet_cfgs}))
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""``timm-sknet``: validate weights, publish them to the Hub, analyse SK attention."""
+"""timm-sknet: validate weights, publish them to the Hub, list the installed ones, analyse SK attention."""
 import argparse
 import importlib
 import sys
@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     'validate': ('hub_cards.validate', 'measure top-1/top-5 of weights on an ImageFolder / ImageNet val'),
     'publish': ('hub_cards.publish', 'write or upload model.safetensors, config.json and a model card'),
     'attention': ('timm_sknet.attention', "capture SK selection weights; the paper's Figs. 3-4"),
+    'installed': ('timm_sknet.store', 'list the weights in the local store (what convert-caffe --install wrote)'),
 }
 
 

@@ -1,4 +1,4 @@
-"""Selective Kernel convolution (Split / Fuse / Select) and the SK residual units.
+"""Selective Kernel convolution (Split / Fuse / Select), the SK residual units, and their deploy form.
 
 Paper: "Selective Kernel Networks", Li, Wang, Hu, Yang, CVPR 2019 (https://arxiv.org/abs/1903.06586).
 
@@ -6,17 +6,22 @@ State-dict layout (shared by the Caffe converter and timm's ``skresnext50_32x4d`
 ``paths.{m}.conv.weight`` / ``paths.{m}.bn.*`` per path, ``attn.fc_reduce.weight``, ``attn.bn.*`` and
 ``attn.fc_select.weight`` whose ``M * C`` outputs are path-major (all channels of path 0 first), exactly
 the order of Caffe's ``B_fc2`` -> ``Reshape(0, M, -1, 0)``.
+
+Every module here is a plain timm module in every mode: each submodule's ``forward`` runs in train and eval,
+with or without autograd. The deploy form is timm's convention: ``timm.utils.reparameterize_model`` finds
+``fuse()`` (returns the replacement module) and ``reparameterize()`` (changes the module in place) and folds
+each BatchNorm's running statistics into the conv before it, permanently.
 """
-from typing import Optional, Sequence, Tuple, Type
+from typing import Optional, Sequence, Type
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from timm.layers import ConvNormAct, register_notrace_module
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+from timm.layers import ConvNormAct, create_attn, register_notrace_module
 
 __all__ = [
-    'ConvNormActFold', 'ConvNormFoldDownsample', 'SKAttention', 'SKConv', 'SKBottleneck', 'SKBasicBlock',
-    'conv_norm_act_folded', 'fold_batchnorm', 'sk_attn_channels',
+    'BatchNormAfterConv', 'ConvAct', 'FusibleConvNormAct', 'FusibleDownsample', 'SKAttention', 'SKBasicBlock',
+    'SKBottleneck', 'SKConv', 'fuse_conv_bn', 'sk_attn_channels',
 ]
 
 
@@ -35,161 +40,89 @@ def _path_geometry(kernel_size: int, dilation: int, dilate_large_kernels: bool):
     return kernel_size, dilation, dilation * (kernel_size - 1) // 2
 
 
-# The fused conv ops that inductor emits on CPU; private, so their absence only disables the fast eval path.
-_HAS_ONEDNN_CONV_FUSION = hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+def _has_running_stats(norm: nn.Module) -> bool:
+    """A BatchNorm (plain, timm's norm+act, frozen or sync) whose running statistics make it an affine map."""
+    return getattr(norm, 'running_mean', None) is not None and getattr(norm, 'running_var', None) is not None
 
 
-def _onednn_fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether oneDNN's fused conv ops apply: plain fp32 CPU tensors and nothing needing a gradient (the ops have
-    no backward); not while torch.compile, export or the JIT tracer records a graph (they fuse by themselves)."""
-    if not _HAS_ONEDNN_CONV_FUSION or torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    return (
-        type(x) is torch.Tensor and x.device.type == 'cpu' and x.dtype == torch.float32
-        and weight.dtype == torch.float32 and not (x.requires_grad or weight.requires_grad)
-        and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, norm: nn.Module) -> nn.Conv2d:
+    """A new conv (same geometry, with a bias) computing ``norm(conv(x))`` on the norm's running statistics."""
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
+        device=conv.weight.device, dtype=conv.weight.dtype)
+    fused.weight, fused.bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias)
+    return fused
 
 
-def fold_batchnorm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """(weight, bias) of ``conv`` with ``norm`` folded in, for input ``x``; None unless ``norm`` is a BatchNorm on
-    running statistics, and where folding costs more than it saves.
+class ConvAct(nn.Module):
+    """Deploy form of ``ConvNormAct``: the conv with the norm folded in, then the activation and anti-aliasing."""
 
-    On running statistics the norm is a per-channel affine map: it scales the conv weights and becomes the conv's
-    bias, one pass over the weights instead of one over the activations. So the fold is taken only where the
-    weights are the smaller (not for wide 1x1 convs on small maps, e.g. stage 4 at batch 1). It is differentiable:
-    gradients in eval still reach every parameter.
-    """
-    if isinstance(x, torch.fx.Proxy):
-        return None  # FX symbolic tracing: no shapes to decide on; the traced graph keeps conv -> norm
-    running_mean = getattr(norm, 'running_mean', None)
-    running_var = getattr(norm, 'running_var', None)
-    if not isinstance(conv, nn.Conv2d) or running_mean is None or running_var is None or norm.training:
-        return None
-    weight = conv.weight
-    stride = conv.stride
-    out_pixels = x.shape[0] * (x.shape[-2] // stride[0]) * (x.shape[-1] // stride[1])
-    if weight.numel() // weight.shape[0] > out_pixels:
-        return None
-    norm_weight, norm_bias, conv_bias = norm.weight, norm.bias, conv.bias
-    scale = torch.rsqrt(running_var + norm.eps)
-    if norm_weight is not None:
-        scale = scale * norm_weight
-    if norm_bias is not None:
-        bias = torch.addcmul(norm_bias, running_mean, scale, value=-1.)
-    else:
-        bias = -running_mean * scale
-    if conv_bias is not None:
-        bias = torch.addcmul(bias, conv_bias, scale)
-    return weight * scale.reshape(-1, 1, 1, 1), bias
-
-
-def conv_norm_act_folded(
-        x: torch.Tensor,
-        conv: nn.Conv2d,
-        norm: nn.Module,
-        act: Optional[nn.Module] = None,
-        residual: Optional[torch.Tensor] = None,
-) -> Optional[torch.Tensor]:
-    """``act(norm(conv(x))) [+ residual]`` with the norm folded into the conv (see ``fold_batchnorm``); None where
-    it is not folded, for the caller to run its modules. On CPU without autograd, conv + bias + ReLU (or
-    + residual) is a single oneDNN call. The norm (and activation) modules are not called: their hooks do not fire.
-    """
-    folded = fold_batchnorm(conv, norm, x)
-    if folded is None:
-        return None
-    weight, bias = folded
-    out = _onednn_conv(x, conv, weight, bias, act, residual)
-    if out is not None:
-        return out
-    x = conv._conv_forward(x, weight, bias)
-    if act is not None and not isinstance(act, nn.Identity):
-        x = act(x)
-        if residual is not None:
-            x = x + residual
-    elif residual is not None:
-        x += residual  # nothing saves the conv's output for backward
-    return x
-
-
-def _onednn_conv(
-        x: torch.Tensor,
-        conv: nn.Conv2d,
-        weight: torch.Tensor,
-        bias: torch.Tensor,
-        act: Optional[nn.Module],
-        residual: Optional[torch.Tensor],
-) -> Optional[torch.Tensor]:
-    """conv + bias + ReLU, or conv + bias + residual, as one oneDNN call; None where that does not apply."""
-    if not _onednn_fusable(x, weight) or conv.padding_mode != 'zeros' or isinstance(conv.padding, str):
-        return None
-    plain = act is None or isinstance(act, nn.Identity)
-    if residual is None and (plain or isinstance(act, nn.ReLU)):
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups,
-            'none' if plain else 'relu', [], '')
-    if residual is not None and plain and residual.dtype == x.dtype:
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, weight, bias, conv.padding, conv.stride, conv.dilation, conv.groups,
-            'add', None, None, [], None)
-    return None
-
-
-@register_notrace_module  # whether to fold depends on the input shape
-class ConvNormActFold(ConvNormAct):
-    """``ConvNormAct`` (same modules, same state dict) whose BatchNorm on running statistics is folded into the
-    conv, where that pays (``conv_norm_act_folded``). Batch statistics (training) run conv -> norm as
-    ``ConvNormAct``; so does TorchScript. When folded, hooks on ``bn`` do not fire (hooks on this module do).
-
-    ``residual``, when given, is added to the output (after the norm's activation).
-    """
-
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            out = self._forward_folded(x, residual)
-            if out is not None:
-                return out
-        x = self.bn(self.conv(x))
-        if residual is not None:
-            if isinstance(self.bn.act, nn.Identity):
-                x += residual  # nothing saves the norm's output for backward
-            else:
-                x = x + residual
-        return x
-
-    @torch.jit.unused
-    def _forward_folded(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        act, drop = getattr(self.bn, 'act', None), getattr(self.bn, 'drop', None)
-        if act is None or drop is None or (drop.training and not isinstance(drop, nn.Identity)):
-            return None  # not a BatchNormAct, or an active drop block between norm and activation
-        return conv_norm_act_folded(x, self.conv, self.bn, act, residual)
-
-
-@register_notrace_module  # whether to fold depends on the input shape
-class ConvNormFoldDownsample(nn.Sequential):
-    """timm's ResNet shortcut ``Sequential([pool,] conv, norm)`` (same children, same state dict) whose norm is
-    folded into the conv where that pays (``conv_norm_act_folded``); TorchScript runs the children in turn."""
+    def __init__(self, conv: nn.Conv2d, act: nn.Module, aa: Optional[nn.Module] = None):
+        super().__init__()
+        self.conv = conv
+        self.act = act
+        self.aa = aa
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            for module in self:
-                x = module(x)
-            return x
-        return self._forward_eager(x)
+        x = self.act(self.conv(x))
+        if self.aa is not None:
+            x = self.aa(x)
+        return x
 
-    @torch.jit.unused
-    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
+
+class FusibleConvNormAct(ConvNormAct):
+    """timm's ``ConvNormAct`` (same modules, same state dict, same forward) with timm's deploy hook ``fuse()``."""
+
+    def fuse(self) -> nn.Module:
+        if not _has_running_stats(self.bn):
+            return self  # e.g. a GroupNorm: no fixed affine map to fold
+        return ConvAct(fuse_conv_bn(self.conv, self.bn), getattr(self.bn, 'act', nn.Identity()),
+                       getattr(self, 'aa', None))
+
+
+class FusibleDownsample(nn.Sequential):
+    """timm's ResNet shortcut ``Sequential([pool,] conv, norm)`` (same children, same state dict, same forward)
+    with timm's deploy hook ``fuse()``, which returns ``Sequential([pool,] conv)`` with the norm folded in."""
+
+    @classmethod
+    def wrap(cls, downsample: Optional[nn.Module]) -> Optional[nn.Module]:
+        """timm's conv + norm shortcut as a ``FusibleDownsample``; anything else (None, identity) as it is."""
+        if type(downsample) is nn.Sequential and len(downsample) >= 2 and isinstance(downsample[-2], nn.Conv2d):
+            return cls(*downsample)
+        return downsample
+
+    def fuse(self) -> nn.Module:
         *pools, conv, norm = self
-        for pool in pools:
-            x = pool(x)
-        out = conv_norm_act_folded(x, conv, norm)
-        return norm(conv(x)) if out is None else out
+        if not _has_running_stats(norm):
+            return self
+        return nn.Sequential(*pools, fuse_conv_bn(conv, norm))
 
 
-def _foldable_downsample(downsample: Optional[nn.Module]) -> Optional[nn.Module]:
-    """timm's conv + norm shortcut as a ``ConvNormFoldDownsample``; anything else as it is."""
-    if type(downsample) is nn.Sequential and len(downsample) in (2, 3) and isinstance(downsample[-2], nn.Conv2d):
-        return ConvNormFoldDownsample(*downsample)
-    return downsample
+@register_notrace_module  # traced as the nn.BatchNorm2d it is
+class BatchNormAfterConv(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same forward, same state dict) that folds itself into the conv before it on ``fuse()``.
+
+    For a conv -> norm pair that sits directly in the model, such as timm's ResNet stem (``conv1``, ``bn1``):
+    ``reparameterize_model`` visits only the root's children, so no parent of the pair can fold it, and renaming
+    the pair into a child module would change the state-dict keys timm's checkpoints and the converter use.
+    """
+
+    def __init__(self, conv: nn.Conv2d, **kwargs):
+        super().__init__(conv.out_channels, device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
+        # a plain attribute, not a submodule: the conv is registered (and saved) by its own parent
+        self.__dict__['conv_before'] = conv
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        conv = self.__dict__['conv_before']
+        if not _has_running_stats(self):
+            return self
+        fused = fuse_conv_bn(conv, self)
+        conv.weight, conv.bias = fused.weight, fused.bias
+        return nn.Identity()
 
 
 class SKAttention(nn.Module):
@@ -218,12 +151,15 @@ class SKAttention(nn.Module):
         self.fc_select = nn.Conv2d(attn_channels, channels * num_paths, kernel_size=1, bias=False, **dd)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        # The 1x1 convs (the checkpoint layout) act on a 1x1 map: as GEMMs they skip the conv setup.
-        batch = pooled.shape[0]
-        x = F.linear(pooled.flatten(1), self.fc_reduce.weight.flatten(1), self.fc_reduce.bias)
-        x = self.act(self.bn(x.view(batch, -1, 1, 1)))
-        x = F.linear(x.flatten(1), self.fc_select.weight.flatten(1), self.fc_select.bias)
-        return x.view(batch, self.num_paths, -1, 1, 1).softmax(dim=1)
+        x = self.act(self.bn(self.fc_reduce(pooled)))
+        x = self.fc_select(x)
+        return x.view(x.shape[0], self.num_paths, -1, 1, 1).softmax(dim=1)
+
+    def reparameterize(self) -> None:
+        """Fold the BatchNorm into ``fc_reduce`` (which gains a bias); the module keeps its type and outputs."""
+        if _has_running_stats(self.bn):
+            self.fc_reduce = fuse_conv_bn(self.fc_reduce, self.bn)
+            self.bn = nn.Identity()
 
 
 class SKConv(nn.Module):
@@ -231,12 +167,16 @@ class SKConv(nn.Module):
 
     Split: M conv-BN-ReLU paths over the same input (kernel sizes ``kernel_size``; by default K > 3 is a 3x3
     with dilation (K - 1) / 2, as in the release; ``dilate_large_kernels=False`` gives true K x K kernels).
+    ``path_act=False`` leaves the paths without activation (conv-BN, as ShuffleNetV2's depthwise convs).
     Fuse: global average of the sum of the paths -> ``SKAttention``. Select: softmax-weighted sum of paths.
     ``attention=False`` is the paper's no-attention baseline: the plain sum of the paths.
     ``split_input=True`` feeds each path 1/M of the input channels (timm's ``skresnet*`` variant).
+    ``aa_layer`` anti-aliases a strided unit the way timm's ``SelectiveKernel`` does: each path convolves at
+    stride 1 and is then blurred and subsampled by ``aa_layer``.
 
-    Computed without stacking the paths: their sum is never materialised (Fuse pools each path), and Select
-    accumulates the weighted paths in place; without autograd the output reuses path 0's output buffer.
+    Unlike timm's ``SelectiveKernel`` the paths are never stacked: Fuse pools each path and adds the (B, C)
+    means, and Select accumulates the weighted paths into one output tensor, so neither the sum of the paths
+    nor M weighted copies are materialised.
     """
 
     def __init__(
@@ -253,8 +193,10 @@ class SKConv(nn.Module):
             min_attn_channels: int = 32,
             dilate_large_kernels: bool = True,
             split_input: bool = False,
+            path_act: bool = True,
             act_layer: Type[nn.Module] = nn.ReLU,
             norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+            aa_layer: Optional[Type[nn.Module]] = None,
             drop_layer: Optional[Type[nn.Module]] = None,
             device=None,
             dtype=None,
@@ -273,9 +215,10 @@ class SKConv(nn.Module):
         self.paths = nn.ModuleList()
         for k in kernel_size:
             k, d, p = _path_geometry(k, dilation, dilate_large_kernels)
-            self.paths.append(ConvNormActFold(
+            self.paths.append(FusibleConvNormAct(
                 path_in, out_channels, kernel_size=k, stride=stride, padding=p, dilation=d, groups=groups,
-                act_layer=act_layer, norm_layer=norm_layer, drop_layer=drop_layer, **dd))
+                apply_act=path_act, act_layer=act_layer, norm_layer=norm_layer, aa_layer=aa_layer,
+                drop_layer=drop_layer, **dd))
         self.attn = None
         if attention and self.num_paths > 1:
             attn_channels = attn_channels or sk_attn_channels(out_channels, rd_ratio, min_attn_channels)
@@ -292,27 +235,27 @@ class SKConv(nn.Module):
             for f in feats[1:]:
                 out = out + f
             return out
-        # Fuse without materialising the sum of the paths: its mean is the sum of the paths' means. Spatial sums
-        # scaled once (not means) give a backward that broadcasts one gradient per channel instead of
-        # materialising a full-size one per path.
+        # Fuse: the mean of the sum of the paths is the sum of their means. Spatial sums scaled once (not means)
+        # give a backward that broadcasts one gradient per channel instead of materialising one per path.
         pooled = feats[0].sum((2, 3), keepdim=True)
         for f in feats[1:]:
             pooled = pooled + f.sum((2, 3), keepdim=True)
         weights = self.attn(pooled / (feats[0].shape[-2] * feats[0].shape[-1]))
         weights = weights.to(feats[0].dtype)  # under autocast: keep the output in the paths' dtype
-        # Select, accumulating in place: into a fresh product under autograd (neither mul nor addcmul saves its
-        # output), into path 0's own buffer without autograd (no allocation, no page faults for a fresh one).
-        if torch.is_grad_enabled():
-            out = feats[0] * weights[:, 0]
-        else:
-            out = feats[0].mul_(weights[:, 0])
+        # Select into one fresh tensor: neither mul nor addcmul_ saves its output for backward, and no module's
+        # output is written to.
+        out = feats[0] * weights[:, 0]
         for m in range(1, len(feats)):
             out.addcmul_(feats[m], weights[:, m])
         return out
 
 
 class SKBottleneck(nn.Module):
-    """1x1 reduce -> SKConv (grouped, carries the stride) -> 1x1 increase; residual add; ReLU."""
+    """1x1 reduce -> SKConv (grouped, carries the stride) -> 1x1 increase [-> attn_layer]; residual add; ReLU.
+
+    Takes every keyword timm's ResNet passes its blocks; ``aa_layer`` and ``attn_layer`` are honoured as in timm's
+    ``SelectiveKernelBottleneck`` (anti-aliased SK paths; e.g. an SE module after the 1x1 increase).
+    """
     expansion = 4
 
     def __init__(
@@ -338,22 +281,22 @@ class SKBottleneck(nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        if aa_layer is not None or attn_layer is not None:
-            raise ValueError('SK units support neither aa_layer nor an extra attn_layer')
         sk_kwargs = dict(sk_kwargs or {})
         groups = sk_kwargs.pop('groups', None) or cardinality
         width = int(planes * (base_width / 64)) * cardinality
         first_planes = width // reduce_first
         outplanes = planes * self.expansion
-        self.conv1 = ConvNormActFold(inplanes, first_planes, kernel_size=1, act_layer=act_layer,
-                                     norm_layer=norm_layer, **dd)
+        self.conv1 = FusibleConvNormAct(
+            inplanes, first_planes, kernel_size=1, act_layer=act_layer, norm_layer=norm_layer, **dd)
         self.conv2 = SKConv(
             first_planes, width, stride=stride, dilation=first_dilation or dilation, groups=groups,
-            act_layer=act_layer, norm_layer=norm_layer, drop_layer=drop_block, **sk_kwargs, **dd)
-        self.conv3 = ConvNormActFold(width, outplanes, kernel_size=1, apply_act=False, act_layer=act_layer,
-                                     norm_layer=norm_layer, **dd)
+            act_layer=act_layer, norm_layer=norm_layer, aa_layer=aa_layer, drop_layer=drop_block,
+            **sk_kwargs, **dd)
+        self.conv3 = FusibleConvNormAct(
+            width, outplanes, kernel_size=1, apply_act=False, act_layer=act_layer, norm_layer=norm_layer, **dd)
+        self.se = create_attn(attn_layer, outplanes, **dd)
         self.act = act_layer(inplace=True)
-        self.downsample = _foldable_downsample(downsample)
+        self.downsample = FusibleDownsample.wrap(downsample)
         self.drop_path = drop_path
 
     def zero_init_last(self) -> None:
@@ -361,18 +304,24 @@ class SKBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.conv2(self.conv1(x))
+        x = self.conv1(x)
+        x = self.conv2(x)
+        x = self.conv3(x)
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
         if self.downsample is not None:
             shortcut = self.downsample(shortcut)
-        if self.drop_path is None:
-            x = self.conv3(x, shortcut)
-        else:
-            x = self.drop_path(self.conv3(x)) + shortcut
+        x += shortcut
         return self.act(x)
 
 
 class SKBasicBlock(nn.Module):
-    """SKConv (3x3 paths, carries the stride) -> 3x3 conv; residual add; ReLU (SK-ResNet-18/34)."""
+    """SKConv (3x3 paths, carries the stride) -> 3x3 conv [-> attn_layer]; residual add; ReLU (SK-ResNet-18/34).
+
+    ``aa_layer`` and ``attn_layer`` are honoured as in timm's ``SelectiveKernelBasic``.
+    """
     expansion = 1
 
     def __init__(
@@ -398,20 +347,21 @@ class SKBasicBlock(nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        if aa_layer is not None or attn_layer is not None:
-            raise ValueError('SK units support neither aa_layer nor an extra attn_layer')
         if cardinality != 1 or base_width != 64:
-            raise ValueError('SKBasicBlock supports only cardinality=1 and base_width=64')
+            raise ValueError("SKBasicBlock supports only cardinality=1 and base_width=64; use block='bottleneck'")
         sk_kwargs = dict(sk_kwargs or {})
         groups = sk_kwargs.pop('groups', None) or 1
         first_planes = planes // reduce_first
         self.conv1 = SKConv(
             inplanes, first_planes, stride=stride, dilation=first_dilation or dilation, groups=groups,
-            act_layer=act_layer, norm_layer=norm_layer, drop_layer=drop_block, **sk_kwargs, **dd)
-        self.conv2 = ConvNormActFold(first_planes, planes, kernel_size=3, padding=dilation, dilation=dilation,
-                                     apply_act=False, act_layer=act_layer, norm_layer=norm_layer, **dd)
+            act_layer=act_layer, norm_layer=norm_layer, aa_layer=aa_layer, drop_layer=drop_block,
+            **sk_kwargs, **dd)
+        self.conv2 = FusibleConvNormAct(
+            first_planes, planes, kernel_size=3, padding=dilation, dilation=dilation, apply_act=False,
+            act_layer=act_layer, norm_layer=norm_layer, **dd)
+        self.se = create_attn(attn_layer, planes, **dd)
         self.act = act_layer(inplace=True)
-        self.downsample = _foldable_downsample(downsample)
+        self.downsample = FusibleDownsample.wrap(downsample)
         self.drop_path = drop_path
 
     def zero_init_last(self) -> None:
@@ -420,10 +370,12 @@ class SKBasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.conv1(x)
+        x = self.conv2(x)
+        if self.se is not None:
+            x = self.se(x)
+        if self.drop_path is not None:
+            x = self.drop_path(x)
         if self.downsample is not None:
             shortcut = self.downsample(shortcut)
-        if self.drop_path is None:
-            x = self.conv2(x, shortcut)
-        else:
-            x = self.drop_path(self.conv2(x)) + shortcut
+        x += shortcut
         return self.act(x)

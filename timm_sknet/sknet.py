@@ -13,11 +13,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from timm.models import ResNet, build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.layers import get_norm_layer
+from timm.models import ResNet, checkpoint_seq, generate_default_cfgs, get_pretrained_cfg, register_model
 
 from .hub import hub_source
+from .timm_internals import feature_take_indices
+from .pretrained import build_model_with_store
 # a module, not its names: the autoload hook may import this file while layers is mid-import
 from . import layers as sk_layers
 
@@ -89,6 +90,13 @@ class SKNet(ResNet):
             kernel_size=tuple(kernel_size), attention=sk_attention, rd_ratio=sk_rd_ratio,
             min_attn_channels=sk_min_attn_channels, dilate_large_kernels=dilate_large_kernels,
             split_input=split_input, groups=sk_groups)
+        if bn_momentum is not None or bn_eps is not None:
+            norm_overrides = {k: v for k, v in (('momentum', bn_momentum), ('eps', bn_eps)) if v is not None}
+            kwargs['norm_layer'] = partial(get_norm_layer(kwargs.get('norm_layer', nn.BatchNorm2d)), **norm_overrides)
+        if stem_pool == 'caffe_ceil' and (kwargs.get('aa_layer') or kwargs.get('replace_stem_pool')):
+            raise ValueError(
+                "aa_layer and replace_stem_pool replace the stem's max pool, so they cannot keep the release's "
+                "stem_pool='caffe_ceil'; pass stem_pool='max' with them")
         block_cls = getattr(sk_layers, _BLOCKS[block])
         blocks = tuple(_stage_block(block_cls, dict(sk_common, attn_channels=w)) for w in attn_widths)
         super().__init__(
@@ -96,6 +104,7 @@ class SKNet(ResNet):
             stem_type='' if cifar_stem else stem_type, **kwargs)
 
         self.stage_names = [f'layer{i + 1}' for i in range(num_stages)]
+        # timm's ResNet has no option for what follows, so it is set after its construction.
         if num_stages == 3:
             self.layer4 = nn.Sequential()  # keeps ResNet's scriptable four-stage forward; holds no parameters
         if cifar_stem:
@@ -109,30 +118,17 @@ class SKNet(ResNet):
             # Caffe's pooling rounds the output size up with no padding: 112 -> 56 like timm's pad-1 pool,
             # but every window is shifted by one pixel, so the released weights need exactly this pool.
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
-        norm_overrides = {k: v for k, v in (('momentum', bn_momentum), ('eps', bn_eps)) if v is not None}
-        if norm_overrides:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    for attr, value in norm_overrides.items():
-                        setattr(m, attr, value)
+        self._bind_stem_norms()
 
-    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """conv1 -> bn1 -> act1, the norm folded into the conv in eval where that pays (as in the SK units)."""
-        if not torch.jit.is_scripting():
-            out = self._forward_stem_folded(x)
-            if out is not None:
-                return out
-        return self.act1(self.bn1(self.conv1(x)))
-
-    @torch.jit.unused
-    def _forward_stem_folded(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        return sk_layers.conv_norm_act_folded(x, self.conv1, self.bn1, self.act1)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.forward_stem(x))
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    def _bind_stem_norms(self) -> None:
+        """Let each stem BatchNorm fold itself into the conv before it in the deploy form (``BatchNormAfterConv``):
+        the stem's conv -> norm pairs sit in the model itself or in timm's plain Sequentials."""
+        stem_convs = self.conv1 if isinstance(self.conv1, nn.Sequential) else [self.conv1]
+        self.bn1 = _bound_to_conv(self.bn1, stem_convs[-1])
+        for seq in (self.conv1, self.maxpool):
+            if isinstance(seq, nn.Sequential):
+                for i in range(1, len(seq)):
+                    seq[i] = _bound_to_conv(seq[i], seq[i - 1])
 
     def forward_intermediates(
             self,
@@ -147,7 +143,7 @@ class SKNet(ResNet):
         assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
         take_indices, max_index = feature_take_indices(len(self.stage_names) + 1, indices)
         intermediates = []
-        x = self.forward_stem(x)
+        x = self.act1(self.bn1(self.conv1(x)))
         if 0 in take_indices:
             intermediates.append(x)
         x = self.maxpool(x)
@@ -182,9 +178,21 @@ class SKNet(ResNet):
         return take_indices
 
 
+def _bound_to_conv(norm: nn.Module, conv: nn.Module) -> nn.Module:
+    """A plain BatchNorm2d right after a Conv2d as the equivalent ``BatchNormAfterConv``; anything else as it is."""
+    if type(norm) is not nn.BatchNorm2d or type(conv) is not nn.Conv2d or norm.num_features != conv.out_channels:
+        return norm
+    bound = sk_layers.BatchNormAfterConv(
+        conv, eps=norm.eps, momentum=norm.momentum, affine=norm.affine, track_running_stats=norm.track_running_stats)
+    bound.load_state_dict(norm.state_dict())
+    return bound
+
+
 def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
     num_taps = len(kwargs['layers']) + 1  # the stem, then every stage
-    return build_model_with_cfg(
+    # pretrained=True: the copy convert-caffe --install put in the local store, else the Hub, else an error that
+    # names both and how to install the weights
+    return build_model_with_store(
         SKNet, variant, pretrained, feature_cfg=dict(out_indices=tuple(range(num_taps))), **kwargs)
 
 
@@ -220,7 +228,8 @@ default_cfgs = generate_default_cfgs({
     'sknet29_cifar.untrained': _cfg(
         num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
-    'sk_resnext50_32x4d.untrained': _cfg(),
+    # timm's own trained weights (timm/skresnext50_32x4d.ra_in1k): same graph and names, so they load strictly
+    'sk_resnext50_32x4d.ra_in1k': get_pretrained_cfg('skresnext50_32x4d.ra_in1k'),
     'sk_resnext101_32x4d.untrained': _cfg(),
     'sk_resnext101_32x8d.untrained': _cfg(),
     'sk_resnet18.untrained': _cfg(),

@@ -1,36 +1,15 @@
-"""Converted weights: a safetensors file, the convert-caffe provenance in its header, the timm model it fits."""
+"""Converted weights and the timm model they fit: built in eval mode with the weights loaded exactly."""
 from pathlib import Path
 from typing import Dict, Tuple
 
 import timm
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import nn
 
 from . import sknet  # noqa: F401  (registers the SKNet architectures with timm)
 from .errors import UserError
-
-# Header metadata written by convert-caffe; the VERIFY_KEYS only when it ran with --verify.
-PROVENANCE_KEYS = (
-    'source_file', 'source_size', 'source_sha256', 'model_name',
-    'timm_sknet_version', 'timm_version', 'torch_version',
-)
-VERIFY_KEYS = (
-    'verify_runtime', 'verify_images', 'verify_max_abs_diff', 'verify_max_rel_diff', 'verify_top5_agreement',
-)
-
-
-def read_metadata(weights: Path) -> Dict[str, str]:
-    """The safetensors header metadata (empty when there is none)."""
-    if not weights.is_file():
-        raise UserError(f'weights file {weights} does not exist; convert the caffemodel with convert-caffe first')
-    try:
-        with safe_open(str(weights), framework='pt') as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError) as e:
-        raise UserError(
-            f'{weights} is not a readable safetensors file ({e}); pass the output of convert-caffe') from None
+from .store import read_metadata
 
 
 def architecture(model_name: str) -> str:

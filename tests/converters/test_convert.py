@@ -20,6 +20,7 @@ from converters.caffe_proto import NetParameter, blob_array, net_to_text, read_c
 from converters.cli import main as convert_main
 from converters.convert import InferenceGraph
 from converters.demo import release_like_model
+from converters import verify
 from converters.verify import TOLERANCE, compare, generated_images, opencv_logits, timm_logits
 from converters.writer import write_caffemodel
 
@@ -180,8 +181,9 @@ def test_verify_fails_when_the_input_convention_is_not_folded(release_files):
     assert not result.ok and result.max_rel_diff > 10 * TOLERANCE
 
 
-def test_verify_catches_a_graph_the_weights_do_not_reveal(release_files, tmp_path, capsys, monkeypatch):
-    """A prototxt with an extra ReLU converts (same weights) but computes something else: --verify fails."""
+def test_a_layer_the_weights_do_not_reveal_is_refused_by_the_graph_check(release_files, tmp_path, capsys,
+                                                                          monkeypatch):
+    """A prototxt with an extra ReLU has the same weights but computes something else: refused before --verify."""
     _, caffemodel = release_files('sknet50', 'cudnn')
     net = NetParameter()
     for layer in read_prototxt(caffemodel.with_suffix('.prototxt')).layer:
@@ -193,10 +195,22 @@ def test_verify_catches_a_graph_the_weights_do_not_reveal(release_files, tmp_pat
     output = tmp_path / 'out.safetensors'
     code, out, err = run_convert(capsys, monkeypatch, caffemodel, '--model', 'sknet50', '--output', output,
                                  '--prototxt', prototxt, '--verify')
-    assert code != 0
-    assert err.startswith('convert-caffe: error: verification failed: relative logit error')
-    assert 'Traceback' not in err and not output.exists()
-    assert list(tmp_path.iterdir()) == [prototxt]
+    assert code != 0 and 'verify:' not in out
+    assert err.startswith("convert-caffe: error: ReLU layer 'conv3_2/1x1_increase/relu' (reading "
+                          "'conv3_2/1x1_increase/bn') has no counterpart in the release graph")
+    assert 'Traceback' not in err and list(tmp_path.iterdir()) == [prototxt]
+
+
+def test_failed_verification_writes_nothing(release_files, tmp_path, capsys, monkeypatch):
+    """With no tolerance at all, the real float32 differences between OpenCV and timm fail --verify."""
+    _, caffemodel = release_files('sknet50', 'bvlc')
+    monkeypatch.setattr(verify, 'TOLERANCE', 0.)
+    code, out, err = run_convert(capsys, monkeypatch, caffemodel, '--model', 'sknet50', '--output',
+                                 tmp_path / 'out.safetensors', '--verify')
+    assert code != 0 and 'verify: opencv' in out
+    assert err.startswith('convert-caffe: error: verification failed: relative logit error ')
+    assert err.strip().endswith('nothing written') and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_batchnorm_eps_is_folded_into_the_variance(release_files, tmp_path, capsys, monkeypatch):
@@ -242,7 +256,9 @@ def test_attention_slices_feeding_the_wrong_paths_are_refused(release_files, tmp
     code, _, err = run_convert(capsys, monkeypatch, caffemodel, '--model', 'sknet50', '--output',
                                tmp_path / 'out.safetensors', '--prototxt', prototxt)
     assert code != 0
-    assert "layer 'conv4_3/scale' does not weight SK path 0 by its own slice (1)" in err
+    # with the tops swapped, each slice's Reshape stands in the other's place, and the path weights follow them
+    assert ("Reshape layer 'conv4_3/B_w0/reshape' reads 'conv4_3/B_slice0' (in the place of the release's "
+            "'conv4_3/B_slice1') where the release's reads 'conv4_3/B_slice0'") in err
 
 
 def test_sknet101_fuse_widths_are_read_from_the_blobs(release_files):

@@ -1,4 +1,6 @@
 """Model cards: Hub front matter, provenance, parity, and a metric only from results on the published weights."""
+import re
+
 import pytest
 import timm
 import yaml
@@ -6,7 +8,7 @@ from huggingface_hub import ModelCard
 
 from hub_cards.card import render_card
 from hub_cards.results import RESULTS_FORMAT
-from timm_sknet.weights import PROVENANCE_KEYS, VERIFY_KEYS
+from timm_sknet.store import PROVENANCE_KEYS, VERIFY_KEYS
 from timm_sknet.errors import UserError
 
 WEIGHTS_SHA256 = '5' * 64
@@ -56,9 +58,8 @@ def test_card_without_results_has_no_metric(sknet50):
     assert front['license'] == 'other'
     assert front['pipeline_tag'] == 'image-classification'
     assert {'timm', 'image-classification', 'sknet'} <= set(front['tags'])
-    assert front['datasets'] == ['imagenet-1k']
-    assert 'model-index' not in front
-    assert 'not yet validated' in card
+    assert 'datasets' not in front and 'model-index' not in front  # nothing shows what the weights were trained on
+    assert 'not yet validated' in card and '**These weights are unvalidated:**' in card
     assert 'measured top-1' not in card
     for reported in ('79.21', '80.68', '20.79', '19.32'):
         assert reported not in card
@@ -66,6 +67,26 @@ def test_card_without_results_has_no_metric(sknet50):
     assert "timm.create_model('hf-hub:someone/sknet50.caffe_in1k', pretrained=True)" in card
     assert 'TIMM_SKNET_HUB_NAMESPACE=someone' in card
     assert ModelCard(card).data.eval_results is None
+
+
+def test_unvalidated_card_claims_nothing_it_cannot_show(sknet50):
+    """The demo's random weights (convert-caffe's metadata names their generated source file): the card states the
+    provenance as facts and says nothing about training, ImageNet accuracy or the authors' weights."""
+    demo = {**PROVENANCE, **VERIFIED, 'source_file': 'sknet50_random.caffemodel'}
+    card = render_card(sknet50, 'sknet50', 'someone/sknet50.caffe_in1k', WEIGHTS_SHA256, demo)
+    assert '`sknet50_random.caffemodel` (sha256 `' + 'c' * 64 + '`)' in card
+    for fact in ('3.1e-05', '2.4e-06', '16/16', WEIGHTS_SHA256):
+        assert fact in card
+    assert re.search(r'\btrained\b', card, re.IGNORECASE) is None
+    for claim in ('ImageNet-1k by', "authors' weights", 'ImageNet weights'):
+        assert claim not in card, claim
+    assert '- **Dataset:** not established: the weights are unvalidated' in card
+
+    validated = render_card(sknet50, 'sknet50', 'someone/sknet50.caffe_in1k', WEIGHTS_SHA256, demo, _results())
+    assert _front_matter(validated)['datasets'] == ['imagenet-1k']
+    assert ('Its top-1 on the 50,000 ImageNet-1k validation images, measured on exactly these weights, is 79.254% '
+            'at 224 x 224 (the paper reports 79.21%)') in validated
+    assert 'unvalidated' not in validated
 
 
 def test_card_provenance_and_parity(sknet50):

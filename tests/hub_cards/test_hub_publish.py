@@ -9,8 +9,6 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file, save_file
-from timm.models._builder import _resolve_pretrained_source
-from timm.models._hub import _parse_model_cfg
 
 from hub_cards.results import RESULTS_FORMAT
 from hub_helpers import free_port
@@ -61,12 +59,12 @@ def test_dry_run_writes_loadable_repo(monkeypatch, tmp_path, weights):
     assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
     assert sha256_file(out / 'model.safetensors') == sha256_file(weights)
     config = json.loads((out / 'config.json').read_text())
-    assert config['architecture'] == 'sknet50'
+    assert config['architecture'] == 'sknet50' and config['num_classes'] == 1000
     assert config['pretrained_cfg']['test_input_size'] == [3, 320, 320]
-    # as `hf-hub:` reads it: the weights come from model.safetensors by name, so timm never tries a pickle
-    pretrained_cfg, arch, _ = _parse_model_cfg(config, {'hf_hub_id': REPO_ID, 'source': 'hf-hub'})
-    assert arch == 'sknet50'
-    assert _resolve_pretrained_source(pretrained_cfg) == ('hf-hub', (REPO_ID, 'model.safetensors'))
+    # the weights are named, so timm reads model.safetensors and never tries a pickle (test_hub_e2e shows it over
+    # HTTP); no model_args, as in timm's own Hub configs: transformers' timm wrapper fails on a second num_classes
+    assert config['pretrained_cfg']['hf_hub_filename'] == 'model.safetensors'
+    assert 'model_args' not in config
     assert 'not yet validated' in (out / 'README.md').read_text()
 
     model = timm.create_model(f'local-dir:{out}', pretrained=True)
@@ -151,25 +149,33 @@ def test_publish_user_errors(monkeypatch, tmp_path, weights, capsys, case):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith('.')] == []  # no staging left behind
 
 
-@pytest.mark.parametrize('token, expected', [
-    (None, 'no Hugging Face token'),
-    ('hf_not_a_real_token', 'failed: ConnectError'),
-])
-def test_upload_failures_are_one_line(tmp_path, weights, token, expected):
-    """A real upload: refused without a token (HF_HOME in tmp, no HF_TOKEN) before any network access; with one,
-    a Hub that does not answer (a closed loopback port) gives one line and leaves no --output-dir behind."""
+UPLOAD_FAILURES = {  # case -> what the one-line message must say ({endpoint}: the Hub tried)
+    'no_token': 'no Hugging Face token',
+    'hub_not_answering': f'upload to {REPO_ID} at {{endpoint}} failed: ',
+    'no_results': 'pass --allow-unvalidated to upload an unvalidated card',
+}
+
+
+@pytest.mark.parametrize('case', UPLOAD_FAILURES)
+def test_upload_failures_are_one_line(tmp_path, weights, case):
+    """A real upload: refused before any network access without a token (HF_HOME in tmp, no HF_TOKEN) and without
+    results unless the unvalidated card is allowed; with both, a Hub that does not answer (a closed loopback port)
+    gives one line naming it. None leaves an --output-dir behind."""
+    endpoint = f'http://127.0.0.1:{free_port()}'
     env = {k: v for k, v in os.environ.items() if not k.startswith('HF_')}
-    env.update(HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT=f'http://127.0.0.1:{free_port()}')
+    env.update(HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT=endpoint)
+    token = None if case == 'no_token' else 'hf_not_a_real_token'
     if token:
         env['HF_TOKEN'] = token
     out = tmp_path / 'repo'
+    allow = [] if case == 'no_results' else ['--allow-unvalidated']
     proc = subprocess.run(
         [sys.executable, '-c', 'from timm_sknet.cli import main; main()', 'publish', '--model', 'sknet50',
-         '--weights', str(weights), '--repo-id', REPO_ID, '--output-dir', str(out)],
+         '--weights', str(weights), '--repo-id', REPO_ID, '--output-dir', str(out), *allow],
         env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.startswith('timm-sknet: error: ') and proc.stderr.count('\n') == 1
-    assert expected in proc.stderr
+    assert UPLOAD_FAILURES[case].format(endpoint=endpoint) in proc.stderr
     if token:
         assert token not in proc.stderr + proc.stdout
     assert [p.name for p in tmp_path.iterdir() if p.name != 'hf'] == []  # neither --output-dir nor staging

@@ -2,13 +2,15 @@
 upload to timm.
 
 The Hub is ``tests/hub_write_server.py`` (no writable Hub-compatible server exists on PyPI), which implements
-the part of the Hub's HTTP API that huggingface_hub's create_repo, create_branch, repo_info and create_commit
+the part of the Hub's HTTP API that huggingface_hub's create_repo, create_branch, repo_info and upload_folder
 call, as a separate process with its git repos in tmp. The CLI runs as a subprocess with ``HF_ENDPOINT`` at it,
 ``HF_HOME`` in tmp and the token in ``HF_TOKEN``. With hf_xet importable, huggingface_hub uploads LFS files
 through xet and never falls back (``_commit_api._upload_files``); the server implements the plain LFS transfer,
 so ``HF_HUB_DISABLE_XET`` makes the client take that path. What makes re-publishing a no-op comes before either
-transfer: ``create_commit`` drops the files whose oid from the preupload endpoint equals their local oid.
+transfer: ``upload_folder`` (its ``create_commit``) drops the files whose oid from the preupload endpoint equals
+their local oid. The server's test-only switch cuts uploads off mid-transfer, for the dropped-connection case.
 """
+import contextlib
 import dataclasses
 import json
 import subprocess
@@ -22,13 +24,15 @@ from safetensors.torch import load_file, save_file
 
 from hub_helpers import (
     BIN_DIR, NAMESPACE, client_env, convert_random_sknet50, free_port, load_through_hub, olah, serve)
+from hub_write_server import DROP_UPLOADS_DIR
 from support import run_cli
 from timm_sknet.fileio import sha256_file
-from timm_sknet.weights import read_metadata
+from timm_sknet.store import read_metadata
 
 SERVER = Path(__file__).parents[1] / 'hub_write_server.py'
 TOKEN = 'hf_loopbackWriteToken4e1f0c'
 REPO = f'{NAMESPACE}/sknet50.upload'
+DROPPED_REPO = f'{NAMESPACE}/sknet50.dropped'
 REPO_FILES = {'model.safetensors', 'config.json', 'README.md'}
 
 
@@ -81,7 +85,7 @@ def _publish(hub: WriteHub, hf_home: Path, weights: Path, *extra: str, repo_id: 
     before = len(hub.requests())
     proc = subprocess.run(
         [str(BIN_DIR / 'timm-sknet'), 'publish', '--model', 'sknet50', '--weights', str(weights),
-         '--repo-id', repo_id, *extra], env=env, capture_output=True, text=True, timeout=300)
+         '--repo-id', repo_id, '--allow-unvalidated', *extra], env=env, capture_output=True, text=True, timeout=300)
     return Publish(proc, hub.requests()[before:])
 
 
@@ -96,9 +100,8 @@ def weights(tmp_path_factory) -> Path:
     return convert_random_sknet50(tmp_path_factory.mktemp('weights'))
 
 
-@pytest.fixture(scope='module')
-def hub(tmp_path_factory) -> Iterator[WriteHub]:
-    workdir = tmp_path_factory.mktemp('hub')
+@contextlib.contextmanager
+def _write_hub(workdir: Path) -> Iterator[WriteHub]:
     port = free_port()
     hub = WriteHub(f'http://127.0.0.1:{port}', workdir / 'root', workdir / 'server.log')
     with serve('hub_write_server', [sys.executable, str(SERVER), '--root', str(hub.root), '--port', str(port),
@@ -106,6 +109,40 @@ def hub(tmp_path_factory) -> Iterator[WriteHub]:
         yield hub
     assert all(r['status'] != 500 for r in hub.requests()), hub.log.read_text()
     assert TOKEN not in hub.log.read_text()
+
+
+@pytest.fixture(scope='module')
+def hub(tmp_path_factory) -> Iterator[WriteHub]:
+    with _write_hub(tmp_path_factory.mktemp('hub')) as hub:
+        yield hub
+
+
+class DroppedUpload(NamedTuple):
+    hub: WriteHub  # a server of its own: the other tests read their requests off their server's log
+    switch: Path
+    proc: subprocess.Popen
+
+
+@pytest.fixture(scope='module', autouse=True)
+def dropped_upload(weights, tmp_path_factory) -> Iterator[DroppedUpload]:
+    """A publish whose upload of the weights is cut off mid-transfer, every time (the server's test-only switch),
+    until huggingface_hub gives up. Started before the module's tests: it spends about 25 s waiting between its
+    client's retries, which the other tests fill."""
+    workdir = tmp_path_factory.mktemp('dropping-hub')
+    with _write_hub(workdir) as hub:
+        switch = hub.root / DROP_UPLOADS_DIR / DROPPED_REPO
+        switch.parent.mkdir(parents=True)
+        switch.touch()
+        env = client_env(hub.endpoint, workdir / 'hf')
+        env.update(HF_TOKEN=TOKEN, HF_HUB_DISABLE_XET='1')
+        with subprocess.Popen(
+                [str(BIN_DIR / 'timm-sknet'), 'publish', '--model', 'sknet50', '--weights', str(weights),
+                 '--repo-id', DROPPED_REPO, '--allow-unvalidated'],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            try:
+                yield DroppedUpload(hub, switch, proc)
+            finally:
+                proc.kill()
 
 
 @pytest.fixture(scope='module')
@@ -196,3 +233,28 @@ def test_olah_serves_the_upload_to_timm(hub, weights, published, tmp_path):
         out = load_through_hub(endpoint, tmp_path / 'hf', weights, tmp_path, hub=f'hf-hub:{REPO}')
     assert out['hub_same_weights'].item()
     assert torch.equal(out['hub'], out['converted'])
+
+
+def test_dropped_upload_is_one_line_and_publishes_nothing(dropped_upload, weights, tmp_path):
+    """The connection dropped in the middle of every upload of the weights: one line, no commit, nothing stored;
+    once the network is back the same command publishes everything in a single commit."""
+    hub = dropped_upload.hub
+    stdout, stderr = dropped_upload.proc.communicate(timeout=240)
+    dropped_upload.switch.unlink()
+    failed = hub.requests()
+    assert dropped_upload.proc.returncode != 0
+    assert stderr.startswith(f'timm-sknet: error: upload to {DROPPED_REPO} at {hub.endpoint} failed: ')
+    assert stderr.count('\n') == 1 and 'run the command again' in stderr and stdout == ''
+    puts = [r for r in failed if r['method'] == 'PUT']
+    assert puts and all(r['status'] is None and 0 < r['dropped_after'] < weights.stat().st_size for r in puts)
+    assert [r for r in failed if '/commit/' in r['path']] == []
+    initial = hub.git(DROPPED_REPO, 'rev-parse', 'main')
+    assert hub.git(DROPPED_REPO, 'ls-tree', '--name-only', initial).split() == ['.gitattributes']
+    assert not (hub.root / 'models' / DROPPED_REPO / 'lfs').exists()
+    assert list(hub.root.glob('.upload-*')) == []  # no spooled part of an upload either
+
+    rerun = _publish(hub, tmp_path / 'hf', weights, repo_id=DROPPED_REPO)
+    commit = rerun.check_published(hub, DROPPED_REPO, 'main')
+    assert hub.git(DROPPED_REPO, 'rev-list', 'main').split() == [commit, initial]
+    assert _changes(hub, DROPPED_REPO, commit) == {name: 'A' for name in REPO_FILES}
+    assert hub.file(DROPPED_REPO, commit, 'model.safetensors') == weights.read_bytes()

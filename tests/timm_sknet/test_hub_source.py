@@ -6,7 +6,6 @@ import sys
 
 import pytest
 from timm.models import get_pretrained_cfg
-from timm.models._builder import _resolve_pretrained_source
 
 import timm_sknet  # noqa: F401
 from timm_sknet.hub import DEFAULT_HUB_NAMESPACE, HUB_NAMESPACE_ENV, hub_namespace, hub_repo_id, hub_source
@@ -23,12 +22,13 @@ def test_namespace_default_and_override(monkeypatch):
 
 @pytest.mark.parametrize('model_name', ['sknet50', 'sknet101'])
 def test_registry_loads_safetensors_only(model_name):
-    """The registered tag resolves to ``(<namespace>/<model>.caffe_in1k, model.safetensors)``: with a filename
-    timm's load_state_dict_from_hf reads that safetensors file directly and never tries pytorch_model.bin."""
+    """The registered tag names ``<namespace>/<model>.caffe_in1k`` and its ``model.safetensors`` and no other source:
+    with a filename timm reads that safetensors file directly and never tries pytorch_model.bin (test_hub_e2e shows
+    what goes over the wire)."""
     cfg = get_pretrained_cfg(model_name)
     assert cfg.tag == 'caffe_in1k'
-    source = _resolve_pretrained_source(cfg.to_dict())
-    assert source == ('hf-hub', (hub_repo_id(f'{model_name}.caffe_in1k'), 'model.safetensors'))
+    assert (cfg.hf_hub_id, cfg.hf_hub_filename) == (hub_repo_id(f'{model_name}.caffe_in1k'), 'model.safetensors')
+    assert not (cfg.url or cfg.file or cfg.state_dict or cfg.source)
 
 
 def test_namespace_env_is_read_at_registration():

@@ -124,7 +124,7 @@ import timm
 after_import = state()
 for name in sys.argv[1:]:
     model = timm.create_model(name)
-    assert type(model).__name__ == 'SKNet', name
+    assert type(model).__name__ in ('SKNet', 'SKShuffleNetV2'), name
 print(json.dumps(dict(
     after_import=after_import,
     package=sys.modules['timm_sknet'].__file__,

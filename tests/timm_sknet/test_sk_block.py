@@ -1,5 +1,5 @@
-"""The fast SK block against the reference formulation (timm's: stack the paths, sum, mean, attention, multiply,
-sum), written here from the same module parameters with plain functional ops."""
+"""The SK block (plain and deploy forms) against the reference formulation (timm's: stack the paths, sum, mean,
+attention, multiply, sum), written here from the same module parameters with plain functional ops."""
 import copy
 from functools import partial
 
@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import DropBlock2d, convert_sync_batchnorm, freeze_batch_norm_2d
 from timm.models.resnet import downsample_avg, downsample_conv
+from timm.utils import reparameterize_model
 
-from timm_sknet.layers import ConvNormFoldDownsample, SKBottleneck, SKConv
+from timm_sknet.layers import SKBottleneck, SKConv
 
 from support import randomize_norms
 
@@ -70,15 +71,19 @@ def _inputs(batch: int, channels: int, size: int, memory_format) -> torch.Tensor
 
 
 def _check_against_reference(module, reference, x, training: bool) -> None:
-    """fp32 outputs (and, in eval, the no-autograd output); gradients of input and parameters in fp64, where
-    fp32 rounding, amplified by batch-statistics BN on a handful of pooled vectors, cannot hide a real error."""
+    """fp32 outputs (in eval also under inference mode, and of the deploy form); gradients of input and parameters
+    in fp64, where fp32 rounding, amplified by batch-statistics BN on a handful of pooled vectors, cannot hide a
+    real error."""
     module.train(training)
     with torch.no_grad():
         expected = reference(module, x)
         _assert_close(module(x), expected, 'output')
     if not training:
-        with torch.inference_mode():  # on CPU: the fused oneDNN path
+        with torch.inference_mode():
             _assert_close(module(x), expected, 'inference-mode output')
+            deployed = reparameterize_model(module)
+            assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules()), 'a BatchNorm was not folded'
+            _assert_close(deployed(x), expected, 'deploy-form output')
 
     module64 = copy.deepcopy(module).double()
     params = list(module64.parameters())
@@ -128,14 +133,13 @@ def test_sk_conv_variants_match_reference(kwargs, memory_format):
 
 
 @pytest.mark.parametrize('memory_format', MEMORY_FORMATS)
-@pytest.mark.parametrize('size', [8, 2], ids=['folded', 'unfolded'])  # 2x2 maps: the weights outweigh the maps
-def test_bottleneck_matches_reference(size, memory_format):
+def test_bottleneck_matches_reference(memory_format):
     torch.manual_seed(0)
     block = SKBottleneck(128, 32, cardinality=8, base_width=16, sk_kwargs=dict(attn_channels=16))
     randomize_norms(block)
     block = block.to(memory_format=memory_format)
     for training in (False, True):
-        _check_against_reference(block, reference_bottleneck, _inputs(2, 128, size, memory_format), training)
+        _check_against_reference(block, reference_bottleneck, _inputs(2, 128, 8, memory_format), training)
 
 
 @pytest.mark.parametrize('memory_format', MEMORY_FORMATS)
@@ -145,16 +149,10 @@ def test_strided_bottleneck_with_downsample_matches_reference(downsample, memory
     block = SKBottleneck(
         64, 32, stride=2, cardinality=8, base_width=16, sk_kwargs=dict(attn_channels=16),
         downsample=downsample(64, 128, kernel_size=1, stride=2))
-    assert isinstance(block.downsample, ConvNormFoldDownsample)  # the state dict keeps timm's keys
     assert list(block.downsample.state_dict()) == list(downsample(64, 128, 1, stride=2).state_dict())
     randomize_norms(block)
     block = block.to(memory_format=memory_format)
-    x = _inputs(2, 64, 16, memory_format)  # 2 x 8 x 8 output pixels outnumber the 64 weights per channel: folded
-    norm_calls = []
-    block.downsample[-1].register_forward_hook(lambda *args: norm_calls.append(1))
-    with torch.no_grad():
-        block.eval()(x)
-    assert not norm_calls, 'the shortcut norm ran instead of being folded into its conv'
+    x = _inputs(2, 64, 16, memory_format)
     for training in (False, True):
         _check_against_reference(block, reference_bottleneck, x, training)
 
@@ -228,5 +226,5 @@ def test_torch_compile_matches_eager():
         _assert_close(
             torch.autograd.grad(actual, fast_x, grad_out)[0], torch.autograd.grad(expected, ref_x, grad_out)[0],
             f'compiled input grad ({mode})')
-        with torch.no_grad():  # eager would take the oneDNN path here; compiled, it must trace the plain one
+        with torch.no_grad():
             _assert_close(compiled(x), expected, f'compiled no-grad output ({mode})')

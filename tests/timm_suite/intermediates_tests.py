@@ -9,7 +9,7 @@ from timm import list_models
 
 import timm_sknet  # noqa: F401  registers the models
 
-OUR_MODELS = sorted(set(list_models('sknet*') + list_models('sk_res*')))
+OUR_MODELS = sorted(set(list_models('sknet*') + list_models('sk_res*') + list_models('sk_shufflenet*')))
 
 
 @pytest.mark.parametrize('model_name', OUR_MODELS)

@@ -22,7 +22,8 @@ import timm
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SUITE_DIR = REPO / '.cache' / f'timm-{timm.__version__}'
-QUICK_MODELS = ('sknet26', 'sknet29_cifar', 'sk_resnet18')  # release stem + bottleneck, CIFAR stem, basic block
+# release stem + bottleneck, CIFAR stem, basic block, ShuffleNetV2 trunk
+QUICK_MODELS = ('sknet26', 'sknet29_cifar', 'sk_resnet18', 'sk_shufflenetv2_050')
 
 
 def fetch() -> None:
@@ -46,7 +47,7 @@ def fetch() -> None:
 def model_filter(quick: bool) -> str:
     if quick:
         return ' or '.join(QUICK_MODELS)  # each name is a substring of no other model's name
-    return 'sknet or sk_res'  # our names; timm's own models are skresnet*/skresnext*
+    return 'sknet or sk_res or sk_shufflenet'  # our names; timm's own models are skresnet*/skresnext*
 
 
 def run(quick: bool, extra_args: list) -> int:

@@ -1,8 +1,12 @@
-"""What the paper and the authors' Caffe release say about the released SKNets (docs/release-facts.md)."""
+"""The SKNet paper and the authors' Caffe release: what the model cards quote and where users get the weights.
+
+The release (github.com/implus/SKNet) links the SKNet-50 and SKNet-101 caffemodels on Google Drive and carries no
+licence file; the reported numbers are the paper's (single centre crop, ImageNet-1k val).
+"""
 from dataclasses import dataclass
 from typing import Dict
 
-from timm_sknet.errors import UserError
+from .errors import UserError
 
 PAPER_TITLE = 'Selective Kernel Networks'
 PAPER_AUTHORS = 'Xiang Li, Wenhai Wang, Xiaolin Hu, Jian Yang'
@@ -27,6 +31,11 @@ class ReleasedModel:
 
     def reported_top1(self, size: int) -> float:
         return round(100 - self.reported_top1_err[size], 2)
+
+    @property
+    def caffemodel(self) -> str:
+        """What a user calls the downloaded file in the commands we print (the release does not name it)."""
+        return f'{self.paper_name}.caffemodel'
 
 
 RELEASED_MODELS = {

@@ -1,0 +1,51 @@
+"""Fixtures of the converter tests: a release-format SKNet-50 caffemodel, and convert-caffe run in this process."""
+import sys
+from pathlib import Path
+from typing import Callable, Tuple
+
+import pytest
+import timm
+
+import timm_sknet  # noqa: F401  (registers the models)
+from converters.cli import main as convert_main
+from converters.writer import write_caffemodel
+
+
+@pytest.fixture(scope='session')
+def sknet50_caffemodel(tmp_path_factory) -> Path:
+    """A release-format SKNet-50 (random weights) that converts; its prototxt lies beside it."""
+    path = tmp_path_factory.mktemp('valid') / 'sknet50.caffemodel'
+    write_caffemodel(timm.create_model('sknet50'), path, path.with_suffix('.prototxt'))
+    return path
+
+
+@pytest.fixture
+def out_dir(tmp_path) -> Path:
+    path = tmp_path / 'out'
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def convert_caffe(capsys, monkeypatch) -> Callable[..., Tuple[int, str, str]]:
+    """``convert-caffe ARGS`` in this process (torch is already imported): (exit code, stdout, stderr)."""
+    def run(*args) -> Tuple[int, str, str]:
+        monkeypatch.setattr(sys, 'argv', ['convert-caffe', *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            convert_main()
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err
+    return run
+
+
+@pytest.fixture
+def refused(convert_caffe, out_dir) -> Callable[..., str]:
+    """Run convert-caffe, expect a clean refusal and an untouched ``out_dir``; return the one line it printed."""
+    def check(*args) -> str:
+        code, out, err = convert_caffe(*args)
+        assert code != 0
+        assert 'Traceback' not in out + err
+        assert len(err.strip().splitlines()) == 1, err
+        assert list(out_dir.iterdir()) == [], 'something was left behind'
+        return err.strip()
+    return check
