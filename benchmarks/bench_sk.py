@@ -8,8 +8,9 @@ A model is a timm name, optionally with a deploy transform: ``NAME:deploy`` is `
 (what ``--reparam`` in timm's scripts calls), ``NAME:fx-fuse`` is ``torch.fx.experimental.optimization.fuse`` (conv
 + BN folding by graph rewrite, for models without a deploy form). Deploy forms are timed in eval only.
 
-Every case (mode, batch, memory format, backend) times the models round-robin in one process, one iteration each
-per round, so load from other processes hits all of them alike; a model's figure is the median over rounds.
+Every mode, batch size and backend times the models in every memory format round-robin in one process, one
+iteration each per round, so load from other processes hits all of them alike; a model's figure is the median over
+rounds, and a ratio is the median of the per-round ratios (this machine's speed drifts from round to round).
 ``sknet50`` differs from ``skresnext50_32x4d`` only by its stem pool (Caffe's pad-0 ceil-mode pool), which costs
 the same. On a GPU everything runs under bf16 autocast and peak memory is ``torch.cuda.max_memory_allocated``;
 on CPU the training step's peak memory is reported twice: the peak of live tensor bytes (torch.profiler memory
@@ -25,7 +26,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -146,7 +147,7 @@ def build_model(name: str, device: torch.device) -> nn.Module:
     return TRANSFORMS[transform](model) if transform else model
 
 
-def time_round_robin(steps: Dict[str, Callable[[], None]], repeats: int, warmup: int) -> Dict[str, List[float]]:
+def time_round_robin(steps: Dict[Any, Callable[[], None]], repeats: int, warmup: int) -> Dict[Any, List[float]]:
     """Seconds per iteration of each step, interleaved: every round runs each step once."""
     times = {name: [] for name in steps}
     for round_idx in range(warmup + repeats):
@@ -257,51 +258,65 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f'{args.repeats} timed rounds (+{args.warmup} warm-up) per case, models interleaved, median reported')
     print(f'load average at start (1/5/15 min): {_load()}\n')
 
-    results = {}  # (case, name) -> img/s
+    samples = {}  # (case, name) -> seconds per iteration, one per round
     memory = {}  # (case, name) -> (tensor peak bytes, rss peak growth bytes)
+    # The memory formats of one mode, batch size and backend run in the same rounds, so that the comparison of each
+    # model in its faster format is paired round by round (this machine's speed drifts between rounds).
+    groups = {}
     for case in cases:
-        if case.backend == 'compile':
+        groups.setdefault((case.mode, case.batch_size, case.backend), []).append(case)
+    for group in groups.values():
+        if group[0].backend == 'compile':
             torch._dynamo.reset()
         steps = {}
-        for name, base in base_models.items():
-            if case.mode == 'train' and ':' in name:
-                continue  # deploy forms are for inference
-            # train steps change weights and BN statistics: give each case fresh copies.
-            model = copy.deepcopy(base).to(memory_format=FORMATS[case.memory_format])
-            model.train(case.mode == 'train')
-            steps[name] = make_step(model, case, device, args.img_size)
+        for case in group:
+            for name, base in base_models.items():
+                if case.mode == 'train' and ':' in name:
+                    continue  # deploy forms are for inference
+                # train steps change weights and BN statistics: give each case fresh copies.
+                model = copy.deepcopy(base).to(memory_format=FORMATS[case.memory_format])
+                model.train(case.mode == 'train')
+                steps[case, name] = make_step(model, case, device, args.img_size)
         started = time.perf_counter()
-        times = time_round_robin(steps, args.repeats, args.warmup)
-        for name, samples in times.items():
-            results[case, name] = case.batch_size / statistics.median(samples)
-        if case.mode == 'train':
-            for name, step in steps.items():
-                rss = cpu_rss_peak_growth(step) if device.type == 'cpu' else None
-                memory[case, name] = (tensor_peak_growth(step, device), rss)
-        spread = ', '.join(
-            f'{name} {results[case, name]:.2f} img/s '
-            f'(min..max {case.batch_size / max(t):.2f}..{case.batch_size / min(t):.2f})' for name, t in times.items())
-        print(f'[{case}] {spread}  ({time.perf_counter() - started:.0f} s)', flush=True)
+        samples.update(time_round_robin(steps, args.repeats, args.warmup))
+        for case in group:
+            timed = {name: samples[c, name] for c, name in steps if c == case}
+            if case.mode == 'train':
+                for name in timed:
+                    step = steps[case, name]
+                    rss = cpu_rss_peak_growth(step) if device.type == 'cpu' else None
+                    memory[case, name] = (tensor_peak_growth(step, device), rss)
+            spread = ', '.join(
+                f'{name} {case.batch_size / statistics.median(t):.2f} img/s '
+                f'(min..max {case.batch_size / max(t):.2f}..{case.batch_size / min(t):.2f})' for name, t in timed.items())
+            print(f'[{case}] {spread}', flush=True)
+        print(f'({time.perf_counter() - started:.0f} s)', flush=True)
     print(f'\nload average at end (1/5/15 min): {_load()}')
     # The issue's targets were set for 224px on a CPU.
-    report(names, cases, results, memory, show_targets=args.img_size == 224 and device.type == 'cpu')
+    report(names, cases, samples, memory, show_targets=args.img_size == 224 and device.type == 'cpu')
     return 0
+
+
+def _paired_ratio(faster: List[float], slower: List[float]) -> float:
+    """Median over rounds of one model's speed over another's, each timed in the same round."""
+    return statistics.median(t_slower / t_faster for t_faster, t_slower in zip(faster, slower))
 
 
 def report(
         names: List[str],
         cases: List[Case],
-        results: Dict[Tuple[Case, str], float],
+        samples: Dict[Tuple[Case, str], List[float]],
         memory: Dict[Tuple[Case, str], Tuple[int, Optional[int]]],
         show_targets: bool,
 ) -> None:
+    speed = {key: key[0].batch_size / statistics.median(t) for key, t in samples.items()}
     ratio_cols = [n for n in names if n != OURS] if OURS in names else []
-    print(f'\n## img/s (median) and {OURS} / other')
+    print(f'\n## img/s (median) and {OURS} / other (median of the per-round ratios)')
     print('| case | ' + ' | '.join(names + [f'{OURS} / {n}' for n in ratio_cols]) + ' |')
     print('|' + '---|' * (1 + len(names) + len(ratio_cols)))
     for case in cases:
-        cells = [f'{results[case, n]:.2f}' if (case, n) in results else '-' for n in names]
-        cells += [f'{results[case, OURS] / results[case, n]:.2f}x' if (case, n) in results else '-'
+        cells = [f'{speed[case, n]:.2f}' if (case, n) in speed else '-' for n in names]
+        cells += [f'{_paired_ratio(samples[case, OURS], samples[case, n]):.2f}x' if (case, n) in speed else '-'
                   for n in ratio_cols]
         print(f'| {case} | ' + ' | '.join(cells) + ' |')
 
@@ -315,23 +330,22 @@ def report(
             cells = [f'{_mib(memory[case, n][0])} \\| {_mib(memory[case, n][1])}' for n in train_names]
             print(f'| {case} | ' + ' | '.join(cells) + ' |')
 
-    print("\n## each model in its faster memory format (the issue's comparison)")
+    print("\n## each model in its faster memory format (the issue's comparison; ratios paired round by round)")
     groups = sorted({(c.mode, c.batch_size, c.backend) for c in cases}, key=str)
     for mode, batch, backend in groups:
         group = [c for c in cases if (c.mode, c.batch_size, c.backend) == (mode, batch, backend)]
-        timed = [n for n in names if (group[0], n) in results]
-        best = {n: max(group, key=lambda c: results[c, n]) for n in timed}
-        speed = {n: results[best[n], n] for n in timed}
-        parts = [f'{n} {speed[n]:.2f} img/s ({best[n].memory_format})' for n in timed]
+        timed = [n for n in names if (group[0], n) in speed]
+        best = {n: max(group, key=lambda c: speed[c, n]) for n in timed}
+        parts = [f'{n} {speed[best[n], n]:.2f} img/s ({best[n].memory_format})' for n in timed]
         print(f'{mode} b{batch} {backend}: ' + ', '.join(parts))
         if mode == 'train':
             print('    tensor peak: ' + ', '.join(f'{n} {_mib(memory[best[n], n][0])} MiB' for n in timed))
         for model, other, target in TARGETS.get((mode, batch, backend), ()) if show_targets else ():
-            if model in speed and other in speed:
-                ratio = speed[model] / speed[other]
+            if model in best and other in best:
+                ratio = _paired_ratio(samples[best[model], model], samples[best[other], other])
                 print(f'    {model} / {other} = {ratio:.2f}x (issue target >= {target}x: '
                       f'{"met" if ratio >= target else "NOT met"})')
-        if show_targets and (mode, backend) == ('train', 'eager') and OURS in speed and TIMM_SK in speed:
+        if show_targets and (mode, backend) == ('train', 'eager') and OURS in best and TIMM_SK in best:
             ours_mem, timm_mem = memory[best[OURS], OURS][0], memory[best[TIMM_SK], TIMM_SK][0]
             print(f'    peak memory {OURS} below {TIMM_SK}: {"met" if ours_mem < timm_mem else "NOT met"}')
 

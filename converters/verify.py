@@ -20,6 +20,8 @@ from google.protobuf.message import Message
 
 from timm_sknet import sknet  # noqa: F401  (registers the SKNet architectures with timm)
 from timm_sknet.errors import UserError, require_module
+from timm_sknet.release import CAFFE_BGR_MEAN
+from timm_sknet.synthetic import synthetic_images
 
 from .caffe_proto import NetParameter, array_blob, blob_array, net_to_text
 from .convert import CAFFE_TAG, InferenceGraph, bn_eps
@@ -27,28 +29,12 @@ from .convert import CAFFE_TAG, InferenceGraph, bn_eps
 __all__ = ['CAFFE_BGR_MEAN', 'TOLERANCE', 'Agreement', 'generated_images', 'load_images', 'opencv_logits',
            'timm_input', 'timm_logits', 'compare', 'verify_conversion']
 
-CAFFE_BGR_MEAN = (104., 117., 123.)  # the release's per-channel mean, BGR order, 0..255 scale
 TOLERANCE = 1e-4  # max |timm - opencv| / max |opencv| over all logits
 
 
 def generated_images(count: int, size: int, seed: int = 0) -> np.ndarray:
-    """Deterministic 8-bit BGR test images (N, H, W, 3): colour gradients, blobs and texture, not noise only."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    images = []
-    for _ in range(count):
-        channels = []
-        for _ in range(3):
-            fx, fy, phase = rng.uniform(0.5, 6, 2).tolist() + [rng.uniform(0, 2 * np.pi)]
-            channels.append(np.sin(2 * np.pi * (fx * xx + fy * yy) + phase))
-        image = np.stack(channels, -1) * 0.35 + 0.5
-        for _ in range(6):  # a few soft-edged discs of random colour
-            cy, cx, radius = rng.uniform(0, 1, 2).tolist() + [rng.uniform(0.05, 0.25)]
-            mask = np.clip((radius - np.hypot(yy - cy, xx - cx)) * 40, 0, 1)[..., None]
-            image = image * (1 - mask) + rng.uniform(0, 1, 3) * mask
-        image = image + rng.normal(0, 0.03, image.shape)
-        images.append(np.clip(image * 255, 0, 255).round().astype(np.uint8))
-    return np.stack(images)
+    """``timm_sknet.synthetic``'s pictures as OpenCV holds images: 8-bit BGR, (N, H, W, 3)."""
+    return np.stack([np.asarray(image) for image in synthetic_images(count, size, seed)])[..., ::-1].copy()
 
 
 def load_images(paths: Sequence[str], data_config: Dict) -> np.ndarray:

@@ -8,7 +8,6 @@ publishing the same files again makes no commit. Uploading a card without valida
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from timm.models import save_for_hf, split_model_name_tag
 from torch import nn
 
 from timm_sknet.errors import UserError
-from timm_sknet.fileio import check_can_write, sha256_file
+from timm_sknet.fileio import atomic_directory, check_can_write, sha256_file
 from timm_sknet.hub import HUB_WEIGHTS_FILENAME
 from timm_sknet.release import released_model
 from timm_sknet.weights import architecture, create_model_with_weights
@@ -77,13 +76,13 @@ def run(args: argparse.Namespace) -> int:
     card = render_card(model, args.model, args.repo_id, weights_sha256, metadata, results)
 
     if args.dry_run:
-        with _atomic_directory(args.output_dir) as staging:
+        with atomic_directory(args.output_dir) as staging:
             write_repo_files(staging, model, args.weights, card)
         print(f"wrote {', '.join(REPO_FILES)} to {args.output_dir}")
         return 0
     with contextlib.ExitStack() as stack:
         if args.output_dir is not None:
-            directory = stack.enter_context(_atomic_directory(args.output_dir))
+            directory = stack.enter_context(atomic_directory(args.output_dir))
         else:
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix='timm-sknet-publish-')))
         write_repo_files(directory, model, args.weights, card)
@@ -178,21 +177,3 @@ def _check_repo_id(repo_id: str, arch: str) -> None:
     named_arch, _ = split_model_name_tag(repo_id.split('/')[1])
     if timm.is_model(named_arch) and named_arch != arch:
         raise UserError(f'--repo-id {repo_id} is named for {named_arch} but --model is {arch}; name it {arch}.<tag>')
-
-
-@contextlib.contextmanager
-def _atomic_directory(path: Path) -> Iterator[Path]:
-    """Yield an empty directory beside ``path`` that replaces it on success and vanishes on any error."""
-    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.partial', dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make a published directory private to its writer
-    try:
-        yield staging
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        os.replace(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -22,6 +22,14 @@ def __getattr__(name: str):
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
+def model_names() -> list:
+    """The names of this package's models in timm's registry (imports torch, timm and the model modules)."""
+    register_models()
+    import timm
+    return sorted(name for name in timm.list_models()
+                  if timm.models.model_entrypoint(name).__module__.startswith(f'{__name__}.'))
+
+
 def register_models() -> None:
     """Register every model with timm (imports torch, timm and the model modules); the import hook calls it."""
     for module in _MODEL_MODULES:

@@ -3,7 +3,8 @@
 API: ``sk_units(model)`` lists the SK units under the paper's names, ``capture_selection(model)`` records the
 selection weights of every unit during forward passes (forward hooks on each ``SKConv.attn``, removed on exit;
 outputs are untouched), ``zoom_transform(data_config, scale)`` enlarges the object as the paper does and
-``mean_difference`` is the paper's per-unit statistic. The ``timm-sknet attention`` subcommand is at the bottom.
+``mean_difference`` is the paper's per-unit statistic. The ``timm-sknet attention`` subcommand that writes the
+paper's figures from these is ``timm_sknet.cli.attention``.
 
 Unit names: the paper writes ``SK_3_4`` for the 4th unit of stage 3 and numbers stages like the Caffe blobs,
 ``conv2_x`` .. ``conv5_x`` (``conv1`` is the stem); its SKNet-50 figures discuss SK_2_3, SK_3_4 and SK_5_3, and a
@@ -18,40 +19,22 @@ S = floor(H / crop_pct), centre crop H x W, normalise). The s-times view resizes
 instead and centre-crops H x W: the central 1/s of the 1.0x view, at H x W, resampled once from the original
 pixels rather than upsampled from the 1.0x view.
 """
-import argparse
-import csv
-import io
-import json
 import math
 import re
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-import timm
 import torch
 from PIL import Image
-from timm.data import resolve_data_config
-from timm.data.readers.reader_image_folder import find_images_and_targets
 from timm.data.transforms import MaybeToTensor, ResizeKeepRatio, str_to_interp_mode
-from timm.utils import ParseKwargs
 from torch import nn
 from torchvision import transforms
-from tqdm import tqdm
 
-from . import attention_plots
-from .errors import UserError
-from .fileio import atomic_output, check_can_write, sha256_file
 from .layers import SKConv
-from .sk_shufflenet import default_cfgs as sk_shufflenet_cfgs
-from .sknet import default_cfgs as sknet_cfgs
-from .weights import create_model_with_weights
 
 __all__ = [
-    'SKUnit', 'SelectionCapture', 'sk_units', 'capture_selection', 'mean_difference', 'zoom_transform',
-    'synthetic_images', 'configure_parser', 'run',
+    'SKUnit', 'SelectionCapture', 'sk_units', 'capture_selection', 'mean_difference', 'check_zoom_scale',
+    'zoom_transform',
 ]
 
 # a unit of timm's ResNet (layerS.U, S from 1) or of SK-ShuffleNetV2 (stages.S.U, S from 0)
@@ -173,13 +156,18 @@ def mean_difference(weights: torch.Tensor, unit: SKUnit) -> torch.Tensor:
     return (weights[..., unit.largest_path, :] - weights[..., unit.smallest_path, :]).mean(-1)
 
 
+def check_zoom_scale(scale: float) -> None:
+    """Raise ValueError unless ``scale`` enlarges the object: a finite number >= 1."""
+    if not (math.isfinite(scale) and scale >= 1):
+        raise ValueError(f'{scale} is not a zoom-in factor; give numbers >= 1, e.g. 1.0 1.5 2.0')
+
+
 def zoom_transform(data_config: Dict[str, Any], scale: float) -> Callable[[Image.Image], torch.Tensor]:
     """Eval preprocessing of ``data_config`` (timm's ``resolve_data_config``) with the object enlarged ``scale``x.
 
     ``scale == 1`` is timm's eval transform; see the module docstring for the protocol.
     """
-    if not (math.isfinite(scale) and scale >= 1):
-        raise ValueError(f'zoom scale must be a finite number >= 1, got {scale}')
+    check_zoom_scale(scale)
     crop_mode = data_config.get('crop_mode') or 'center'
     if crop_mode not in _ZOOM_CROP_MODES:
         raise ValueError(f'zoom supports crop_mode {_ZOOM_CROP_MODES}, got {crop_mode!r}')
@@ -199,381 +187,3 @@ def zoom_transform(data_config: Dict[str, Any], scale: float) -> Callable[[Image
         MaybeToTensor(),
         transforms.Normalize(mean=torch.tensor(data_config['mean']), std=torch.tensor(data_config['std'])),
     ])
-
-
-def synthetic_images(count: int, size: int = 320, seed: int = 0) -> List[Image.Image]:
-    """Reproducible test pictures: a striped ellipse (the "object") centred on a smooth coloured background."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
-    images = []
-    for _ in range(count):
-        coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
-        background = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float64)
-        radius_x, radius_y = rng.uniform(0.12, 0.25, 2)
-        cx, cy = rng.uniform(-0.05, 0.05, 2)
-        r = np.sqrt(((xx - cx) / radius_x) ** 2 + ((yy - cy) / radius_y) ** 2)
-        stripes = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 8) * r)
-        colour = rng.uniform(0, 255, 3)
-        inside = (r <= 1)[..., None]
-        pixels = np.where(inside, stripes[..., None] * colour, background)
-        images.append(Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8)))
-    return images
-
-
-# --- timm-sknet attention --------------------------------------------------------------------------------
-
-_OUTPUTS = ('units.csv', 'channels.csv', 'units.png', 'channels.png', 'attention.json')
-_CLASS_OUTPUTS = ('classes.csv', 'classes.png')
-_ZOOM_TEXT = ('scale s: shorter side resized to round(s * floor(H / crop_pct)), centre crop H x W '
-              '(s = 1 is the eval preprocessing; the view shows the central 1/s of the 1.0x view)')
-_STATISTIC_TEXT = ('per image and unit: mean over channels of (attention of the largest kernel path - of the '
-                   'smallest); mean_difference / std_difference: mean and population std over images')
-SK_MODEL_NAMES = tuple(sorted({**sknet_cfgs, **sk_shufflenet_cfgs}))
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Capture the kernel-selection attention of every SK unit on images enlarged by centre crop and resize "
-        "(paper Sec. 4.4); write units.csv, channels.csv, attention.json and the Fig. 3 plots units.png and "
-        "channels.png; with --per-class also classes.csv and classes.png (Fig. 4).")
-    parser.add_argument('images', nargs='*', metavar='IMAGE',
-                        help='image files or folders (searched recursively); with --per-class one ImageFolder root')
-    parser.add_argument('--model', required=True, help=f"SK model: {', '.join(SK_MODEL_NAMES)}")
-    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
-                        help='extra model arguments, e.g. kernel_size="(3, 5, 7)"')
-    parser.add_argument('--weights', type=Path, metavar='FILE.safetensors',
-                        help='state dict to load; without it the model keeps its random init (see --seed)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the random init and of --synthetic images')
-    parser.add_argument('--synthetic', type=int, default=0, metavar='N',
-                        help='analyse N generated pictures (a striped ellipse on a smooth background)')
-    parser.add_argument('--per-class', action='store_true',
-                        help='IMAGE is an ImageFolder root: also per-class differences (paper Fig. 4)')
-    parser.add_argument('--scales', type=float, nargs='+', default=[1.0, 1.5, 2.0], metavar='S',
-                        help='object enlargements, each >= 1 (default: 1.0 1.5 2.0)')
-    parser.add_argument('--img-size', type=int, help="input size (default: the model's pretrained_cfg)")
-    parser.add_argument('--crop-pct', type=float, help="eval crop fraction (default: the model's pretrained_cfg)")
-    parser.add_argument('--units', nargs='+', metavar='SK_S_U',
-                        help='units of channels.png and classes.png (default: the last unit of every stage)')
-    parser.add_argument('--channel-group', type=int, default=16, metavar='N',
-                        help='channels.png averages N successive channels, as the paper (default: 16)')
-    parser.add_argument('--batch-size', type=int, default=16, help='images per forward pass (each at every scale)')
-    parser.add_argument('--workers', type=int, default=2, help='image decoding processes (0: in this process)')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--out', type=Path, required=True, metavar='DIR', help='output folder (created if absent)')
-    parser.add_argument('--force', action='store_true', help='overwrite existing outputs in DIR')
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    if args.model.split('.')[0] not in SK_MODEL_NAMES:
-        raise UserError(f"{args.model!r} is not a timm_sknet SK model; use one of: {', '.join(SK_MODEL_NAMES)}")
-    for scale in args.scales:
-        if not (math.isfinite(scale) and scale >= 1):
-            raise UserError(f'--scales: {scale} is not a zoom-in factor; give numbers >= 1, e.g. 1.0 1.5 2.0')
-    if len(set(args.scales)) != len(args.scales):
-        raise UserError(f'--scales lists a scale twice ({args.scales}); give each once')
-    for option, minimum in (('synthetic', 0), ('workers', 0), ('channel_group', 1), ('batch_size', 1),
-                            ('img_size', 1)):
-        value = getattr(args, option)
-        if value is not None and value < minimum:
-            raise UserError(f"--{option.replace('_', '-')} must be at least {minimum}, got {value}")
-    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
-        raise UserError(f'--crop-pct must be in (0, 1], got {args.crop_pct}')
-    if args.synthetic and (args.images or args.per_class):
-        raise UserError('--synthetic makes its own pictures; drop the IMAGE arguments and --per-class')
-    if args.per_class and (len(args.images) != 1 or not Path(args.images[0]).is_dir()):
-        raise UserError('--per-class needs exactly one IMAGE argument: an ImageFolder root (one folder per class)')
-    if not args.images and not args.synthetic:
-        raise UserError('no images given; pass image files or folders, or --synthetic N')
-    if args.weights is not None and not args.weights.is_file():
-        raise UserError(f'weights file {args.weights} does not exist')
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise UserError(f'--device {args.device!r} is not a torch device; use e.g. cpu or cuda') from None
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise UserError(f'--device {args.device}: this machine has no CUDA device; use --device cpu')
-
-
-def _check_outputs(out_dir: Path, names: Sequence[str], force: bool) -> None:
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise UserError(f'--out {out_dir} is a file; give a folder')
-        for name in names:
-            check_can_write(out_dir / name, force)
-    elif not out_dir.parent.is_dir():
-        raise UserError(f'the parent of --out {out_dir} does not exist; create it first')
-
-
-def _image_sources(args: argparse.Namespace) -> Tuple[List[Union[str, Image.Image]], np.ndarray, List[str]]:
-    """(image paths or pictures, class index per image, class names)."""
-    if args.synthetic:
-        return synthetic_images(args.synthetic, seed=args.seed), np.zeros(args.synthetic, dtype=np.int64), []
-    if args.per_class:
-        samples, class_to_idx = find_images_and_targets(args.images[0])
-        if not samples:
-            raise UserError(f'no images found under {args.images[0]}; expected ROOT/<class>/<image>')
-        class_names = sorted(class_to_idx, key=class_to_idx.get)
-        return [path for path, _ in samples], np.array([target for _, target in samples]), class_names
-    paths = []
-    for item in map(Path, args.images):
-        if item.is_dir():
-            found = [path for path, _ in find_images_and_targets(str(item))[0]]
-            if not found:
-                raise UserError(f'no images found under {item}')
-            paths += found
-        elif item.is_file():
-            paths.append(str(item))
-        else:
-            raise UserError(f'image {item} does not exist')
-    return paths, np.zeros(len(paths), dtype=np.int64), []
-
-
-def _build_model(args: argparse.Namespace) -> nn.Module:
-    model_kwargs = dict(args.model_kwargs)
-    if args.weights is not None:
-        return create_model_with_weights(args.model, args.weights, **model_kwargs)[0]
-    torch.manual_seed(args.seed)
-    try:
-        model = timm.create_model(args.model, **model_kwargs)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f'cannot build {args.model} with --model-kwargs {args.model_kwargs}: {e}') from None
-    return model.eval()
-
-
-def _model_units(args: argparse.Namespace, model: nn.Module) -> Tuple[List[SKUnit], List[str]]:
-    """(every SK unit, the names of those to plot per channel and per class)."""
-    try:
-        units = sk_units(model)
-    except ValueError:
-        raise UserError(f'{args.model} has no SK units with attention (built with sk_attention=False?)') from None
-    for unit in units:
-        if min(unit.kernel_sizes) == max(unit.kernel_sizes):
-            raise UserError(f'{unit.name}: every path has kernel size {unit.kernel_sizes[0]}; no kernel to compare')
-    names = [unit.name for unit in units]
-    plotted = args.units or [
-        unit.name for unit, following in zip(units, units[1:] + [None])
-        if following is None or following.stage != unit.stage]
-    unknown = [name for name in plotted if name not in names]
-    if unknown:
-        raise UserError(f"--units: {', '.join(unknown)} not in {args.model}; it has {', '.join(names)}")
-    return units, plotted
-
-
-class _ZoomedViews(torch.utils.data.Dataset):
-    """Each image at every zoom scale: (S, 3, H, W), or an error message for an unreadable file."""
-
-    def __init__(self, sources: Sequence[Union[str, Image.Image]], zooms: Sequence[Callable]):
-        self.sources = sources
-        self.zooms = zooms
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, index: int) -> Tuple[Optional[torch.Tensor], str]:
-        source = self.sources[index]
-        if isinstance(source, Image.Image):
-            image = source
-        else:
-            # returned, not raised: an exception in a loader worker would reach the user as a traceback
-            try:
-                with Image.open(source) as f:
-                    image = f.convert('RGB')
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                return None, f'cannot read image {source} ({e}); remove or replace it'
-        return torch.stack([zoom(image) for zoom in self.zooms]), ''
-
-
-def _as_list(batch: list) -> list:
-    return batch
-
-
-class _SelectionStats:
-    """Per-image mean differences of every unit, and per-channel attention sums of the plotted units."""
-
-    def __init__(self, units: Sequence[SKUnit], num_scales: int, channel_units: Sequence[str]):
-        self.units = units
-        self.num_scales = num_scales
-        self._differences = {unit.name: [] for unit in units}  # (B, S) float64 per batch
-        self._channel_sums = {name: 0. for name in channel_units}  # (S, M, C) float64
-        self.count = 0
-
-    def update(self, weights: Dict[str, torch.Tensor]) -> None:
-        """Add one forward pass whose batch holds every image at every scale, image-major."""
-        for unit in self.units:
-            w = weights[unit.name].unflatten(0, (-1, self.num_scales))  # (B, S, M, C)
-            self._differences[unit.name].append(mean_difference(w, unit).numpy())
-            if unit.name in self._channel_sums:
-                self._channel_sums[unit.name] = self._channel_sums[unit.name] + w.double().sum(0).numpy()
-        self.count += len(next(iter(weights.values()))) // self.num_scales
-
-    def per_image(self) -> Dict[str, np.ndarray]:
-        """Unit name -> (images, scales) mean differences."""
-        return {name: np.concatenate(batches) for name, batches in self._differences.items()}
-
-    def channel_means(self) -> Dict[str, np.ndarray]:
-        """Plotted unit name -> (scales, paths, channels) attention averaged over images."""
-        return {name: sums / self.count for name, sums in self._channel_sums.items()}
-
-
-def _collect(model: nn.Module, loader: torch.utils.data.DataLoader, stats: _SelectionStats, device: torch.device,
-             progress: bool) -> None:
-    with capture_selection(model) as selection, torch.inference_mode(), \
-            tqdm(total=len(loader.dataset), unit='img', disable=not progress) as bar:
-        for batch in loader:
-            for _, error in batch:
-                if error:
-                    raise UserError(error)
-            views = torch.stack([v for v, _ in batch])  # (B, S, 3, H, W)
-            model(views.flatten(0, 1).to(device))
-            stats.update(selection.weights)
-            bar.update(len(batch))
-
-
-def _format(value: float) -> str:
-    return repr(float(value))  # the shortest text that reads back as the same double
-
-
-def _csv_text(header: Sequence[str], rows: Iterator[Sequence[Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator='\n')
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def _units_csv(units: Sequence[SKUnit], scales: Sequence[float], per_image: Dict[str, np.ndarray]) -> str:
-    def rows():
-        for unit in units:
-            values = per_image[unit.name]
-            for s, scale in enumerate(scales):
-                yield (unit.name, unit.module_name, unit.stage, unit.index, unit.channels,
-                       max(unit.kernel_sizes), min(unit.kernel_sizes), scale, len(values),
-                       _format(values[:, s].mean()), _format(values[:, s].std()))
-    return _csv_text(('unit', 'module', 'stage', 'index', 'channels', 'large_kernel', 'small_kernel', 'scale',
-                      'images', 'mean_difference', 'std_difference'), rows())
-
-
-def _channels_csv(units: Sequence[SKUnit], scales: Sequence[float], channel_means: Dict[str, np.ndarray]) -> str:
-    def rows():
-        for unit in units:
-            for s, scale in enumerate(scales):
-                for path, kernel in enumerate(unit.kernel_sizes):
-                    for channel, value in enumerate(channel_means[unit.name][s, path]):
-                        yield unit.name, scale, path, kernel, channel, _format(value)
-    return _csv_text(('unit', 'scale', 'path', 'kernel', 'channel', 'mean_attention'), rows())
-
-
-def _split_by_class(values: np.ndarray, targets: np.ndarray, num_classes: int) -> List[np.ndarray]:
-    order = np.argsort(targets, kind='stable')
-    return np.split(values[order], np.cumsum(np.bincount(targets, minlength=num_classes))[:-1])
-
-
-def _classes_csv(units: Sequence[SKUnit], scales: Sequence[float], per_image: Dict[str, np.ndarray],
-                 targets: np.ndarray, class_names: Sequence[str]) -> str:
-    by_class = {unit.name: _split_by_class(per_image[unit.name], targets, len(class_names)) for unit in units}
-
-    def rows():
-        for class_index, class_name in enumerate(class_names):
-            for unit in units:
-                values = by_class[unit.name][class_index]
-                for s, scale in enumerate(scales):
-                    yield (class_index, class_name, unit.name, scale, len(values),
-                           _format(values[:, s].mean()), _format(values[:, s].std()))
-    return _csv_text(
-        ('class_index', 'class_name', 'unit', 'scale', 'images', 'mean_difference', 'std_difference'), rows())
-
-
-def _weights_label(args: argparse.Namespace) -> str:
-    if args.weights is None:
-        return f'random-init weights (untrained, seed {args.seed})'
-    return f'weights {args.weights.name}'
-
-
-def _render(
-        args: argparse.Namespace,
-        units: Sequence[SKUnit],
-        plotted: Sequence[str],
-        stats: _SelectionStats,
-        data_config: Dict[str, Any],
-        targets: np.ndarray,
-        class_names: Sequence[str],
-) -> Dict[str, Union[str, bytes]]:
-    """Output file name -> content."""
-    by_name = {unit.name: unit for unit in units}
-    per_image = stats.per_image()
-    channel_means = stats.channel_means()
-    scale_labels = [f'{scale:.1f}x' if scale == round(scale, 1) else f'{scale:g}x' for scale in args.scales]
-    title = f'{args.model}, {_weights_label(args)}, {stats.count} images'
-    outputs = {
-        'units.csv': _units_csv(units, args.scales, per_image),
-        'channels.csv': _channels_csv([by_name[name] for name in plotted], args.scales, channel_means),
-        'units.png': attention_plots.plot_unit_differences(
-            list(by_name), scale_labels,
-            np.stack([per_image[unit.name].mean(0) for unit in units]),
-            np.stack([per_image[unit.name].std(0) for unit in units]),
-            units[0].difference_label, title),
-        'channels.png': attention_plots.plot_channel_attention(
-            plotted, scale_labels,
-            [channel_means[name][:, by_name[name].largest_path] for name in plotted],
-            [max(by_name[name].kernel_sizes) for name in plotted], args.channel_group, title),
-    }
-    summary = {
-        'model': args.model,
-        'model_kwargs': args.model_kwargs,
-        'weights': ({'path': str(args.weights), 'sha256': sha256_file(args.weights)} if args.weights
-                    else _weights_label(args)),
-        'preprocessing': {key: data_config[key] for key in
-                          ('input_size', 'interpolation', 'crop_pct', 'crop_mode', 'mean', 'std')},
-        'zoom': _ZOOM_TEXT,
-        'scales': args.scales,
-        'statistic': _STATISTIC_TEXT,
-        'images': stats.count,
-        'inputs': [f'synthetic ({args.synthetic} pictures, seed {args.seed})'] if args.synthetic else args.images,
-        'units': [{
-            'name': unit.name, 'module': unit.module_name, 'stage': unit.stage, 'index': unit.index,
-            'channels': unit.channels, 'kernel_sizes': list(unit.kernel_sizes),
-            'mean_difference': per_image[unit.name].mean(0).tolist(),
-            'std_difference': per_image[unit.name].std(0).tolist(),
-        } for unit in units],
-    }
-    if args.per_class:
-        outputs['classes.csv'] = _classes_csv(units, args.scales, per_image, targets, class_names)
-        outputs['classes.png'] = attention_plots.plot_class_differences(
-            plotted, scale_labels,
-            [np.stack([values.mean(0) for values in _split_by_class(per_image[name], targets, len(class_names))])
-             for name in plotted],
-            units[0].difference_label, title)
-        summary['classes'] = list(class_names)
-    outputs['attention.json'] = json.dumps(summary, indent=1) + '\n'
-    return outputs
-
-
-def run(args: argparse.Namespace) -> int:
-    _check_args(args)
-    _check_outputs(args.out, _OUTPUTS + (_CLASS_OUTPUTS if args.per_class else ()), args.force)
-    attention_plots.require_matplotlib()
-    sources, targets, class_names = _image_sources(args)
-    model = _build_model(args)
-    units, plotted = _model_units(args, model)
-    data_config = resolve_data_config({'img_size': args.img_size, 'crop_pct': args.crop_pct}, model=model)
-    try:
-        zooms = [zoom_transform(data_config, scale) for scale in args.scales]
-    except ValueError as e:
-        raise UserError(f'{args.model}: {e}') from None
-
-    device = torch.device(args.device)
-    loader = torch.utils.data.DataLoader(
-        _ZoomedViews(sources, zooms), batch_size=args.batch_size, num_workers=args.workers, collate_fn=_as_list)
-    stats = _SelectionStats(units, len(args.scales), plotted)
-    _collect(model.to(device), loader, stats, device, progress=not args.synthetic and len(sources) > 1)
-    outputs = _render(args, units, plotted, stats, data_config, targets, class_names)
-
-    args.out.mkdir(exist_ok=True)
-    for name, content in outputs.items():
-        with atomic_output(args.out / name) as tmp:
-            if isinstance(content, bytes):
-                tmp.write_bytes(content)
-            else:
-                tmp.write_text(content)
-    print(f"wrote {', '.join(outputs)} to {args.out}", file=sys.stderr)
-    return 0

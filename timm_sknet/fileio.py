@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -109,3 +110,21 @@ def atomic_output(path: os.PathLike) -> Iterator[Path]:
         raise write_error(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: os.PathLike) -> Iterator[Path]:
+    """Yield an empty directory beside ``path``; on success it replaces ``path`` (a file or folder there goes),
+    on any error it is removed. It gets the mode any new directory gets under the umask."""
+    path = Path(path)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.partial', dir=path.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make a published directory private to its writer
+    try:
+        yield staging
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

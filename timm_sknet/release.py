@@ -12,6 +12,9 @@ PAPER_TITLE = 'Selective Kernel Networks'
 PAPER_AUTHORS = 'Xiang Li, Wenhai Wang, Xiaolin Hu, Jian Yang'
 PAPER_URL = 'https://arxiv.org/abs/1903.06586'
 RELEASE_URL = 'https://github.com/implus/SKNet'
+# The input the released weights expect: BGR, 0..255, minus this per-channel mean (BGR order), no std. timm's data
+# config spells the same as RGB (x / 255 - mean) / std (sknet.py); the converter folds BGR -> RGB into conv1.
+CAFFE_BGR_MEAN = (104., 117., 123.)
 CITATION = """\
 @inproceedings{li2019selective,
   title={Selective Kernel Networks},

@@ -19,6 +19,7 @@ from timm.models import ResNet, checkpoint_seq, generate_default_cfgs, get_pretr
 from .hub import hub_source
 from .timm_internals import feature_take_indices
 from .pretrained import build_model_with_store
+from .release import CAFFE_BGR_MEAN
 # a module, not its names: the autoload hook may import this file while layers is mid-import
 from . import layers as sk_layers
 
@@ -207,9 +208,9 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
-# The release feeds BGR pixels in 0..255 minus (104, 117, 123). timm feeds RGB (x / 255 - mean) / std, so
-# mean = (123, 117, 104) / 255 and std = 1 / 255 reproduce it; the converter folds BGR -> RGB into conv1.
-CAFFE_MEAN = (123 / 255, 117 / 255, 104 / 255)
+# The release feeds BGR pixels in 0..255 minus CAFFE_BGR_MEAN. timm feeds RGB (x / 255 - mean) / std, so the RGB
+# mean / 255 and std = 1 / 255 reproduce it; the converter folds BGR -> RGB into conv1.
+CAFFE_MEAN = tuple(m / 255 for m in reversed(CAFFE_BGR_MEAN))
 CAFFE_STD = (1 / 255, 1 / 255, 1 / 255)
 
 

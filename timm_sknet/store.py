@@ -5,7 +5,6 @@ by default ``timm-sknet`` in the user cache directory (``$XDG_CACHE_HOME``, else
 ``convert-caffe CAFFEMODEL --model sknet50 --install`` writes there; ``timm-sknet installed`` lists it.
 Nothing here imports torch or timm, so convert-caffe stays light.
 """
-import argparse
 import os
 from pathlib import Path
 from typing import Dict, List, NamedTuple
@@ -100,19 +99,3 @@ def describe(weights: InstalledWeights) -> str:
         else:
             lines.append('  not verified (converted without --verify)')
     return '\n'.join(lines)
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """``timm-sknet installed`` takes no arguments: the store is ``$TIMM_SKNET_HOME`` or its default."""
-
-
-def run(args: argparse.Namespace) -> int:
-    root = store_dir()
-    where = f'{STORE_ENV}={root}' if os.environ.get(STORE_ENV) else f'{root} (set {STORE_ENV} to use another folder)'
-    print(f'store: {where}')
-    found = installed_weights()
-    if not found:
-        print('nothing installed; install converted weights with: convert-caffe CAFFEMODEL --model sknet50 --install')
-    for weights in found:
-        print(describe(weights))
-    return 0

@@ -22,6 +22,14 @@ def architecture(model_name: str) -> str:
     return arch
 
 
+def create_model(model_name: str, **model_kwargs) -> nn.Module:
+    """``timm.create_model``; keywords the model refuses become one line naming them."""
+    try:
+        return timm.create_model(model_name, **model_kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f'cannot build {model_name} with {model_kwargs}: {e}') from None
+
+
 def create_model_with_weights(model_name: str, weights: Path, **model_kwargs) -> Tuple[nn.Module, Dict[str, str]]:
     """Build ``model_name`` in eval mode with the weights loaded exactly; return it and the file's metadata.
 
@@ -38,10 +46,7 @@ def create_model_with_weights(model_name: str, weights: Path, **model_kwargs) ->
     classifier_weight = state_dict.get(f'{classifier}.weight')
     if classifier_weight is None:
         raise UserError(f'{weights} has no {classifier}.weight, so it does not hold {arch} weights')
-    try:
-        model = timm.create_model(model_name, **{'num_classes': classifier_weight.shape[0], **model_kwargs})
-    except (TypeError, ValueError) as e:
-        raise UserError(f'cannot build {model_name} with {model_kwargs}: {e}') from None
+    model = create_model(model_name, **{'num_classes': classifier_weight.shape[0], **model_kwargs})
     _check_fits(model, state_dict, arch, weights)
     model.load_state_dict(state_dict)
     return model.eval(), metadata

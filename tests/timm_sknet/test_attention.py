@@ -13,10 +13,11 @@ from PIL import Image
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 
-from timm_sknet import attention  # importing timm_sknet registers the models
-from timm_sknet.attention import capture_selection, sk_units, synthetic_images, zoom_transform
+from timm_sknet.attention import capture_selection, sk_units, zoom_transform
+from timm_sknet.cli import attention as attention_cli  # importing timm_sknet registers the models
 from timm_sknet.errors import UserError
 from timm_sknet.fileio import sha256_file
+from timm_sknet.synthetic import synthetic_images
 
 IMG_SIZE = 64
 SCALES = (1.0, 1.5, 2.0)
@@ -24,8 +25,8 @@ SCALES = (1.0, 1.5, 2.0)
 
 def _attention_cli(argv) -> int:
     parser = argparse.ArgumentParser()
-    attention.configure_parser(parser)
-    return attention.run(parser.parse_args([str(a) for a in argv]))
+    attention_cli.configure_parser(parser)
+    return attention_cli.run(parser.parse_args([str(a) for a in argv]))
 
 
 def _read_csv(path):

@@ -10,12 +10,12 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 from timm.data import resolve_data_config
-from timm.models._features import FeatureGetterNet
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from timm_sknet import SKConv, SKShuffleNetV2
-from timm_sknet.attention import capture_selection, sk_units, synthetic_images, zoom_transform
+from timm_sknet.attention import capture_selection, sk_units, zoom_transform
+from timm_sknet.synthetic import synthetic_images
 from timm_sknet.sk_shufflenet import checkpoint_filter_fn
 
 from support import randomize_norms, run_cli
@@ -270,7 +270,8 @@ def test_torchscript_and_compile_match_eager():
     with torch.no_grad():
         eager = model(x)
         assert (torch.jit.script(model)(x) - eager).abs().max() <= 1e-6 * eager.abs().max()
-        getter = FeatureGetterNet(model, out_indices=(0, 2))
+        getter = timm.create_model('sk_shufflenetv2_050', features_only=True, feature_cls='getter',
+                                   out_indices=(0, 2)).eval()
         torch.testing.assert_close(torch.jit.script(getter)(x), getter(x))
         short_eager = short(x)
         compiled = torch.compile(short, fullgraph=True)(x)

@@ -4,14 +4,14 @@ import importlib
 import sys
 from typing import List, Optional
 
-from .errors import run_cli
+from ..errors import run_cli
 
 # subcommand -> module exposing configure_parser(parser) and run(args) -> int; imported only when chosen
 SUBCOMMANDS = {
     'validate': ('hub_cards.validate', 'measure top-1/top-5 of weights on an ImageFolder / ImageNet val'),
     'publish': ('hub_cards.publish', 'write or upload model.safetensors, config.json and a model card'),
-    'attention': ('timm_sknet.attention', "capture SK selection weights; the paper's Figs. 3-4"),
-    'installed': ('timm_sknet.store', 'list the weights in the local store (what convert-caffe --install wrote)'),
+    'attention': ('timm_sknet.cli.attention', "capture SK selection weights; the paper's Figs. 3-4"),
+    'installed': ('timm_sknet.cli.installed', 'list the weights in the local store (what convert-caffe --install wrote)'),
 }
 
 
