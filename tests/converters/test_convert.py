@@ -153,7 +153,7 @@ def test_conversion_without_verify_imports_neither_torch_nor_timm(release_files,
 
 
 def test_verify_on_image_files_with_bvlc_batchnorm(release_files, tmp_path, capsys, monkeypatch):
-    cv2 = pytest.importorskip('cv2')
+    import cv2  # a test dependency (opencv-python-headless), as for --verify
     _, caffemodel = release_files('sknet50', 'bvlc')
     image = tmp_path / 'photo.png'
     cv2.imwrite(str(image), generated_images(1, 300, seed=11)[0][:, :260])  # not square: resize + centre crop

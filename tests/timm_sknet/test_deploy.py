@@ -3,6 +3,7 @@ folds every BatchNorm into the conv before it and keeps the logits, eager, scrip
 the ResNet keywords the SK units honour (anti-aliasing, an extra attention module, ...) survive it."""
 from functools import partial
 
+import onnxruntime as ort
 import pytest
 import timm
 import torch
@@ -96,7 +97,6 @@ def test_deploy_form_in_place_and_attention_capture():
 
 @pytest.mark.parametrize('form', ['plain', 'deploy'])
 def test_onnx_export_runs_in_onnxruntime(form, tmp_path):
-    ort = pytest.importorskip('onnxruntime', reason='onnxruntime is a test dependency: pip install .[test]')
     model, x = _model_and_input('sknet26', 64)
     with torch.no_grad():
         expected = model(x)
