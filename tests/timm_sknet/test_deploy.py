@@ -52,6 +52,14 @@ def _norms(model: nn.Module):
     return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
 
 
+def _fewer_units(name: str) -> dict:
+    """The same code paths with one unit per stage (two in SK-ShuffleNetV2's middle stage, which has both unit
+    kinds): compiling, by far the slowest check, then takes a fraction of the time."""
+    if 'shufflenet' in name:
+        return dict(stage_repeats=(1, 2, 1))
+    return dict(layers=(1, 1, 1) if 'cifar' in name else (1, 1, 1, 1))
+
+
 @pytest.mark.parametrize('name', sorted(FAMILY_MODELS))
 def test_reparameterize_folds_every_batchnorm_and_keeps_the_logits(name):
     model, x = _model_and_input(name, FAMILY_MODELS[name])
@@ -63,8 +71,9 @@ def test_reparameterize_folds_every_batchnorm_and_keeps_the_logits(name):
         _assert_close(deployed(x), expected, 'deploy form')
         _assert_close(torch.jit.script(deployed)(x), expected, 'scripted deploy form')
         _assert_close(torch.export.export(deployed, (x,)).module()(x), expected, 'exported deploy form')
-        compiled = torch.compile(deployed, backend='inductor', dynamic=False, fullgraph=True)
-        _assert_close(compiled(x), expected, 'compiled deploy form')
+        shallow, _ = _model_and_input(name, FAMILY_MODELS[name], **_fewer_units(name))
+        compiled = torch.compile(reparameterize_model(shallow), backend='inductor', dynamic=False, fullgraph=True)
+        _assert_close(compiled(x), shallow(x), 'compiled deploy form')
     # the plain model is untouched (reparameterize_model works on a copy) and keeps the release's state dict
     assert all(torch.equal(v, plain_state[k]) for k, v in model.state_dict().items())
     assert list(model.state_dict()) == list(plain_state)
