@@ -175,8 +175,8 @@ class SKConv(nn.Module):
     stride 1 and is then blurred and subsampled by ``aa_layer``.
 
     Unlike timm's ``SelectiveKernel`` the paths are never stacked: Fuse pools each path and adds the (B, C)
-    means, and Select accumulates the weighted paths into one output tensor, so neither the sum of the paths
-    nor M weighted copies are materialised.
+    means, and Select writes the weighted sum in one pass (``torch.lerp`` for M = 2), so neither the sum of the
+    paths nor M weighted copies are materialised.
     """
 
     def __init__(
@@ -242,11 +242,14 @@ class SKConv(nn.Module):
             pooled = pooled + f.sum((2, 3), keepdim=True)
         weights = self.attn(pooled / (feats[0].shape[-2] * feats[0].shape[-1]))
         weights = weights.to(feats[0].dtype)  # under autocast: keep the output in the paths' dtype
-        # Select into one fresh tensor: neither mul nor addcmul_ saves its output for backward, and no module's
-        # output is written to.
+        # Select with out-of-place ops only: FX's dead-code elimination drops an in-place update whose result is
+        # unused (the traced graph would lose every path but the first), and no module's output is written to.
+        if len(feats) == 2:
+            # the softmax weights sum to 1, so w0 * f0 + w1 * f1 = f1 + w0 * (f0 - f1): one pass over both paths
+            return torch.lerp(feats[1], feats[0], weights[:, 0])
         out = feats[0] * weights[:, 0]
         for m in range(1, len(feats)):
-            out.addcmul_(feats[m], weights[:, m])
+            out = torch.addcmul(out, feats[m], weights[:, m])
         return out
 
 

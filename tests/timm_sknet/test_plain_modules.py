@@ -10,6 +10,9 @@ import torch
 from torch import nn
 
 import timm_sknet
+from timm.models import create_feature_extractor, get_graph_node_names
+
+from support import randomize_norms
 
 # One model per family (release SKNet, CIFAR SKNet, SK-ResNet, SK-ResNeXt, SK-ShuffleNetV2) with
 # the input size it is checked at: small, since what is checked does not depend on it.
@@ -45,6 +48,23 @@ def test_features_only_gives_five_maps_in_eval_under_no_grad(feature_cls):
         feats = model(torch.randn(1, 3, 64, 64))
     assert [f.shape[1] for f in feats] == [64, 256, 512, 1024, 2048]
     assert [64 // f.shape[-1] for f in feats] == [2, 4, 8, 16, 32]
+
+
+@pytest.mark.parametrize('name', sorted(FAMILY_MODELS))
+def test_fx_graph_computes_what_the_model_computes(name):
+    """timm's FX feature extraction (torchvision's tracer, then dead-code elimination) keeps every path of every
+    selection. Every BatchNorm is randomised so that the residual branches count (zero_init_last hides them at
+    init, and with them a traced graph that lost a path)."""
+    model = timm.create_model(name).eval()
+    randomize_norms(model)
+    _, eval_nodes = get_graph_node_names(model)
+    traced = create_feature_extractor(model, return_nodes=[eval_nodes[-1]]).eval()
+    size = FAMILY_MODELS[name]
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected = model(x)
+        logits, = traced(x).values()
+    assert (logits - expected).abs().max() <= 1e-6 * expected.abs().max()
 
 
 def test_no_private_torch_ops_in_the_package():
