@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 
 # timm's own model tests come from the sdist of the installed timm (PyPI, once); the tests run offline.
 # Two workers, a test file each at a time, one torch thread each: the Hub tests spend much of their time waiting
-# (servers, client retries), which the other worker fills (CI: 2 cores, 4 min instead of 6).
+# (servers, client retries), which the other worker fills (on CI's 2 cores: 4-5 min of tests instead of 6).
 test: $(VENV)/.installed
 	$(PY) tests/timm_suite/run.py --fetch
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile

@@ -74,7 +74,11 @@ class ConvAct(nn.Module):
 
 
 class FusibleConvNormAct(ConvNormAct):
-    """timm's ``ConvNormAct`` (same modules, same state dict, same forward) with timm's deploy hook ``fuse()``."""
+    """timm's ``ConvNormAct`` (same modules, same state dict, same forward) with timm's deploy hook ``fuse()``.
+
+    The deploy form keeps the activation and anti-aliasing; a drop layer (DropBlock) between norm and activation
+    is the identity in inference and goes.
+    """
 
     def fuse(self) -> nn.Module:
         if not _has_running_stats(self.bn):
@@ -117,9 +121,9 @@ class BatchNormAfterConv(nn.BatchNorm2d):
 
     @torch.no_grad()
     def fuse(self) -> nn.Module:
-        conv = self.__dict__['conv_before']
         if not _has_running_stats(self):
             return self
+        conv = self.__dict__['conv_before']
         fused = fuse_conv_bn(conv, self)
         conv.weight, conv.bias = fused.weight, fused.bias
         return nn.Identity()
