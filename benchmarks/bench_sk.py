@@ -3,14 +3,24 @@
     python benchmarks/bench_sk.py                  # eval at batch 1 and 8, a training step at batch 8; NCHW and
                                                    # channels_last; eager (add --compile for torch.compile too)
     python benchmarks/bench_sk.py --quick          # smoke test: 3 repeats, batch 8 only, eager only
+    python benchmarks/bench_sk.py --runs 5         # the same in 5 fresh processes, then the issue's ratios of
+                                                   # every run and their median
 
 A model is a timm name, optionally with a deploy transform: ``NAME:deploy`` is ``timm.utils.reparameterize_model``
 (what ``--reparam`` in timm's scripts calls), ``NAME:fx-fuse`` is ``torch.fx.experimental.optimization.fuse`` (conv
-+ BN folding by graph rewrite, for models without a deploy form). Deploy forms are timed in eval only.
++ BN folding by graph rewrite, for models without a deploy form). Deploy forms are timed in eval only. ``NAME+VARIANT``
+builds a variant of an SK model that shows what its parts cost: ``+sum`` has both paths and the paper's plain-sum
+selection (no attention), ``+m1`` has one path (a ResNeXt unit built from this package's modules), e.g.
+
+    python benchmarks/bench_sk.py --eval-batch-sizes 8 --train-batch-size 0 \
+        --models sknet50:deploy,sknet50+sum:deploy,sknet50+m1:deploy,resnext50_32x4d:fx-fuse
 
 Every mode, batch size and backend times the models in every memory format round-robin in one process, one
 iteration each per round, so load from other processes hits all of them alike; a model's figure is the median over
 rounds, and a ratio is the median of the per-round ratios (this machine's speed drifts from round to round).
+A model's speed also differs from process to process by more than from round to round (on the 2-core CI VM fx-fused
+``resnext50_32x4d`` ran at 29.8 to 36.9 img/s in five runs of this script, sknet50's deploy form at 27.3 to 31.4),
+so ``--runs K`` repeats the whole run in K fresh processes and reports the median of their ratios as well.
 ``sknet50`` differs from ``skresnext50_32x4d`` only by its stem pool (Caffe's pad-0 ceil-mode pool), which costs
 the same. On a GPU everything runs under bf16 autocast and peak memory is ``torch.cuda.max_memory_allocated``;
 on CPU the training step's peak memory is reported twice: the peak of live tensor bytes (torch.profiler memory
@@ -21,9 +31,13 @@ import argparse
 import copy
 import ctypes
 import gc
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -41,6 +55,10 @@ OURS, TIMM_SK, FLOOR = 'sknet50', 'skresnext50_32x4d', 'resnext50_32x4d'
 OURS_DEPLOY, FLOOR_FUSED = f'{OURS}:deploy', f'{FLOOR}:fx-fuse'
 DEFAULT_MODELS = (OURS, OURS_DEPLOY, TIMM_SK, FLOOR, FLOOR_FUSED)
 FORMATS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
+VARIANTS = {
+    'sum': dict(sk_attention=False),
+    'm1': dict(kernel_size=(3,)),
+}
 TRANSFORMS = {
     'deploy': reparameterize_model,
     'fx-fuse': lambda model: fuse(model.eval()),
@@ -67,7 +85,8 @@ class Case:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--models', default=','.join(DEFAULT_MODELS),
-                        help=f'comma-separated timm model names, each optionally NAME:{{{",".join(TRANSFORMS)}}}')
+                        help=f'comma-separated timm model names, each optionally NAME+{{{",".join(VARIANTS)}}} '
+                             f'and NAME:{{{",".join(TRANSFORMS)}}}')
     parser.add_argument('--eval-batch-sizes', help='comma-separated; empty: no eval cases (default: 1,8)')
     parser.add_argument('--train-batch-size', type=int, default=8, help='0: no training cases')
     parser.add_argument('--formats', default='nchw,channels_last', help=f'comma-separated, of {sorted(FORMATS)}')
@@ -80,7 +99,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: leave the default)')
     parser.add_argument(
         '--quick', action='store_true', help='smoke test: defaults become --repeats 3 --warmup 1 --eval-batch-sizes 8')
+    parser.add_argument('--runs', type=int, default=1,
+                        help='repeat the whole run in this many fresh processes and report the median ratios')
+    parser.add_argument('--targets-out', help=argparse.SUPPRESS)  # a run of --runs writes its targets here (JSON)
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        raise UserError(f'--runs must be at least 1, got {args.runs}')
     defaults = dict(repeats=3, warmup=1, eval_batch_sizes='8') if args.quick else \
         dict(repeats=10, warmup=2, eval_batch_sizes='1,8')
     for name, value in defaults.items():
@@ -137,13 +161,19 @@ def make_step(model: nn.Module, case: Case, device: torch.device, img_size: int)
 
 
 def build_model(name: str, device: torch.device) -> nn.Module:
-    """``NAME`` or ``NAME:TRANSFORM`` (see ``TRANSFORMS``), in eval mode, on ``device``."""
-    arch, _, transform = name.partition(':')
+    """``NAME[+VARIANT][:TRANSFORM]`` (see ``VARIANTS``, ``TRANSFORMS``), in eval mode, on ``device``."""
+    spec, _, transform = name.partition(':')
+    arch, _, variant = spec.partition('+')
     if not timm.is_model(arch):
         raise UserError(f'unknown model {arch!r} in --models; give timm model names, e.g. {",".join(DEFAULT_MODELS)}')
+    if variant and variant not in VARIANTS:
+        raise UserError(f'unknown variant {variant!r} in --models; choose from {sorted(VARIANTS)}')
     if transform and transform not in TRANSFORMS:
         raise UserError(f'unknown transform {transform!r} in --models; choose from {sorted(TRANSFORMS)}')
-    model = timm.create_model(arch).to(device).eval()
+    try:
+        model = timm.create_model(arch, **VARIANTS.get(variant, {})).to(device).eval()
+    except TypeError as e:
+        raise UserError(f'{arch} has no variant {variant!r} ({e}); variants are for SK models such as {OURS}') from e
     return TRANSFORMS[transform](model) if transform else model
 
 
@@ -236,7 +266,10 @@ def _mib(nbytes: Optional[int]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.runs > 1:
+        return run_in_processes(argv, args.runs)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == 'auto':
@@ -288,12 +321,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     memory[case, name] = (tensor_peak_growth(step, device), rss)
             spread = ', '.join(
                 f'{name} {case.batch_size / statistics.median(t):.2f} img/s '
-                f'(min..max {case.batch_size / max(t):.2f}..{case.batch_size / min(t):.2f})' for name, t in timed.items())
+                f'(min..max {case.batch_size / max(t):.2f}..{case.batch_size / min(t):.2f})'
+                for name, t in timed.items())
             print(f'[{case}] {spread}', flush=True)
         print(f'({time.perf_counter() - started:.0f} s)', flush=True)
     print(f'\nload average at end (1/5/15 min): {_load()}')
     # The issue's targets were set for 224px on a CPU.
-    report(names, cases, samples, memory, show_targets=args.img_size == 224 and device.type == 'cpu')
+    measured = report(names, cases, samples, memory, show_targets=args.img_size == 224 and device.type == 'cpu')
+    if args.targets_out:
+        with open(args.targets_out, 'w') as f:
+            json.dump(measured, f)
     return 0
 
 
@@ -308,7 +345,8 @@ def report(
         samples: Dict[Tuple[Case, str], List[float]],
         memory: Dict[Tuple[Case, str], Tuple[int, Optional[int]]],
         show_targets: bool,
-) -> None:
+) -> List[Dict[str, Any]]:
+    """Print the tables; return the issue's targets as measured (empty unless ``show_targets``)."""
     speed = {key: key[0].batch_size / statistics.median(t) for key, t in samples.items()}
     ratio_cols = [n for n in names if n != OURS] if OURS in names else []
     print(f'\n## img/s (median) and {OURS} / other (median of the per-round ratios)')
@@ -332,6 +370,7 @@ def report(
 
     print("\n## each model in its faster memory format (the issue's comparison; ratios paired round by round)")
     groups = sorted({(c.mode, c.batch_size, c.backend) for c in cases}, key=str)
+    measured = []
     for mode, batch, backend in groups:
         group = [c for c in cases if (c.mode, c.batch_size, c.backend) == (mode, batch, backend)]
         timed = [n for n in names if (group[0], n) in speed]
@@ -340,14 +379,71 @@ def report(
         print(f'{mode} b{batch} {backend}: ' + ', '.join(parts))
         if mode == 'train':
             print('    tensor peak: ' + ', '.join(f'{n} {_mib(memory[best[n], n][0])} MiB' for n in timed))
-        for model, other, target in TARGETS.get((mode, batch, backend), ()) if show_targets else ():
-            if model in best and other in best:
-                ratio = _paired_ratio(samples[best[model], model], samples[best[other], other])
-                print(f'    {model} / {other} = {ratio:.2f}x (issue target >= {target}x: '
-                      f'{"met" if ratio >= target else "NOT met"})')
-        if show_targets and (mode, backend) == ('train', 'eager') and OURS in best and TIMM_SK in best:
-            ours_mem, timm_mem = memory[best[OURS], OURS][0], memory[best[TIMM_SK], TIMM_SK][0]
-            print(f'    peak memory {OURS} below {TIMM_SK}: {"met" if ours_mem < timm_mem else "NOT met"}')
+        if FLOOR_FUSED in best:
+            floor = samples[best[FLOOR_FUSED], FLOOR_FUSED]
+            print(f'    speed / {FLOOR_FUSED}: ' + ', '.join(
+                f'{n} {_paired_ratio(samples[best[n], n], floor):.2f}x' for n in timed if n != FLOOR_FUSED))
+        for result in target_results(best, samples, memory, mode, batch, backend) if show_targets else ():
+            print(f'    {_describe_target(result, result["value"])}')
+            measured.append(result)
+    return measured
+
+
+def target_results(
+        best: Dict[str, Case],
+        samples: Dict[Tuple[Case, str], List[float]],
+        memory: Dict[Tuple[Case, str], Tuple[int, Optional[int]]],
+        mode: str,
+        batch: int,
+        backend: str,
+) -> List[Dict[str, Any]]:
+    """The issue's targets for one mode, batch size and backend, each model in its faster format (``best``)."""
+    case = f'{mode} b{batch} {backend}'
+    results = []
+    for model, other, target in TARGETS.get((mode, batch, backend), ()):
+        if model in best and other in best:
+            ratio = _paired_ratio(samples[best[model], model], samples[best[other], other])
+            results.append(dict(case=case, name=f'{model} / {other}', value=ratio, minimum=target))
+    if (mode, backend) == ('train', 'eager') and OURS in best and TIMM_SK in best:
+        ours_mem, timm_mem = memory[best[OURS], OURS][0], memory[best[TIMM_SK], TIMM_SK][0]
+        results.append(dict(case=case, name=f'peak tensor memory {OURS} / {TIMM_SK}', value=ours_mem / timm_mem,
+                            below=1.0))
+    return results
+
+
+def _target_met(result: Dict[str, Any], value: float) -> bool:
+    return value >= result['minimum'] if 'minimum' in result else value < result['below']
+
+
+def _describe_target(result: Dict[str, Any], value: float) -> str:
+    goal = f'>= {result["minimum"]}x' if 'minimum' in result else f'< {result["below"]}x'
+    verdict = 'met' if _target_met(result, value) else 'NOT met'
+    return f'{result["name"]} = {value:.3f}x (issue target {goal}: {verdict})'
+
+
+def run_in_processes(argv: Sequence[str], runs: int) -> int:
+    """The whole benchmark in ``runs`` fresh processes one after another; then each target's ratio per run and
+    the median over runs."""
+    per_run = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in range(runs):
+            print(f'# run {run + 1} of {runs} (a fresh process)', flush=True)
+            out = os.path.join(tmp, f'run{run}.json')
+            command = [sys.executable, os.path.abspath(__file__), *argv, '--runs', '1', '--targets-out', out]
+            returncode = subprocess.run(command).returncode
+            if returncode:
+                raise UserError(f'run {run + 1} of {runs} failed with exit code {returncode} (its output is above)')
+            with open(out) as f:
+                per_run.append(json.load(f))
+            print(flush=True)
+    if not per_run[0]:
+        return 0
+    print(f'## the issue\'s targets in {runs} runs (fresh processes): each run\'s ratio, and their median')
+    for i, result in enumerate(per_run[0]):
+        values = [run[i]['value'] for run in per_run]
+        listed = ', '.join(f'{v:.3f}' for v in values)
+        print(f'{result["case"]}: {_describe_target(result, statistics.median(values))}; runs: {listed}')
+    return 0
 
 
 if __name__ == '__main__':
