@@ -436,14 +436,20 @@ def run_in_processes(argv: Sequence[str], runs: int) -> int:
             with open(out) as f:
                 per_run.append(json.load(f))
             print(flush=True)
-    if not per_run[0]:
-        return 0
-    print(f'## the issue\'s targets in {runs} runs (fresh processes): each run\'s ratio, and their median')
+    if per_run[0]:
+        print(f'## the issue\'s targets in {runs} runs (fresh processes): each run\'s ratio, and their median')
+        print('\n'.join(summarise_runs(per_run)))
+    return 0
+
+
+def summarise_runs(per_run: List[List[Dict[str, Any]]]) -> List[str]:
+    """One line per target: met or not by the median over runs, then every run's ratio."""
+    lines = []
     for i, result in enumerate(per_run[0]):
         values = [run[i]['value'] for run in per_run]
         listed = ', '.join(f'{v:.3f}' for v in values)
-        print(f'{result["case"]}: {_describe_target(result, statistics.median(values))}; runs: {listed}')
-    return 0
+        lines.append(f'{result["case"]}: {_describe_target(result, statistics.median(values))}; runs: {listed}')
+    return lines
 
 
 if __name__ == '__main__':
