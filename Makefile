@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml timm_sknet/_autoload.py timm_sknet/_autoload.
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m converters.demo
+	$(PY) -m converters.caffe.demo
 
 # timm's own model tests come from the sdist of the installed timm (PyPI, once); the tests run offline.
 # Two workers, a test file each at a time, one torch thread each: the Hub tests spend much of their time waiting

@@ -25,7 +25,7 @@ from timm.utils import reparameterize_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sk import FORMATS, Case, describe_machine, make_step, time_round_robin  # noqa: E402
-from timm_sknet.errors import UserError, run_cli  # noqa: E402  importing timm_sknet registers the models
+from timm_sknet.io.errors import UserError, run_cli  # noqa: E402  importing timm_sknet registers the models
 
 WIDTHS = {'050': 'shufflenet_v2_x0_5', '100': 'shufflenet_v2_x1_0'}
 PLAIN = dict(kernel_size=(3,), sk_attention=False)

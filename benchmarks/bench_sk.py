@@ -49,7 +49,7 @@ from torch import nn
 import timm
 from timm.utils import reparameterize_model
 from torch.fx.experimental.optimization import fuse
-from timm_sknet.errors import UserError, run_cli  # importing timm_sknet registers sknet50
+from timm_sknet.io.errors import UserError, run_cli  # importing timm_sknet registers sknet50
 
 OURS, TIMM_SK, FLOOR = 'sknet50', 'skresnext50_32x4d', 'resnext50_32x4d'
 OURS_DEPLOY, FLOOR_FUSED = f'{OURS}:deploy', f'{FLOOR}:fx-fuse'

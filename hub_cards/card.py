@@ -13,12 +13,12 @@ import yaml
 from timm.models import get_pretrained_cfg
 from torch import nn
 
-from timm_sknet.errors import UserError
-from timm_sknet.hub import DEFAULT_HUB_NAMESPACE, HUB_NAMESPACE_ENV
-from timm_sknet.release import (
+from timm_sknet.io.errors import UserError
+from timm_sknet.weights.hub import DEFAULT_HUB_NAMESPACE, HUB_NAMESPACE_ENV
+from timm_sknet.weights.release import (
     CITATION, PAPER_AUTHORS, PAPER_TITLE, PAPER_URL, RELEASE_URL, ReleasedModel, released_model)
-from timm_sknet.store import PROVENANCE_KEYS, VERIFY_KEYS
-from timm_sknet.weights import architecture
+from timm_sknet.weights.store import PROVENANCE_KEYS, VERIFY_KEYS
+from timm_sknet.weights.loading import architecture
 
 TEMPLATE = 'templates/model_card.md'
 UNVALIDATED_SUMMARY = (

@@ -23,11 +23,11 @@ from huggingface_hub.utils import logging as hf_logging
 from timm.models import save_for_hf, split_model_name_tag
 from torch import nn
 
-from timm_sknet.errors import UserError
-from timm_sknet.fileio import atomic_directory, check_can_write, sha256_file
-from timm_sknet.hub import HUB_WEIGHTS_FILENAME
-from timm_sknet.release import released_model
-from timm_sknet.weights import architecture, create_model_with_weights
+from timm_sknet.io.errors import UserError
+from timm_sknet.io.files import atomic_directory, check_can_write, sha256_file
+from timm_sknet.weights.hub import HUB_WEIGHTS_FILENAME
+from timm_sknet.weights.release import released_model
+from timm_sknet.weights.loading import architecture, create_model_with_weights
 
 from .card import render_card
 from .results import read_results

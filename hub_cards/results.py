@@ -3,8 +3,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
-from timm_sknet.errors import UserError
-from timm_sknet.weights import architecture
+from timm_sknet.io.errors import UserError
+from timm_sknet.weights.loading import architecture
 
 RESULTS_FORMAT = 'timm-sknet-validate/1'
 IMAGENET_VAL_IMAGES = 50_000

@@ -18,9 +18,9 @@ from torch import nn
 from tqdm import tqdm
 
 import timm_sknet
-from timm_sknet.errors import UserError
-from timm_sknet.fileio import atomic_output, check_can_write, sha256_file
-from timm_sknet.weights import create_model_with_weights
+from timm_sknet.io.errors import UserError
+from timm_sknet.io.files import atomic_output, check_can_write, sha256_file
+from timm_sknet.weights.loading import create_model_with_weights
 
 from .results import RESULTS_FORMAT
 

@@ -20,7 +20,7 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from converters.writer import write_caffemodel
+from converters.caffe.writer import write_caffemodel
 from support import randomize_norms
 
 NAMESPACE = 'e2e-sknet'

@@ -10,10 +10,11 @@ __version__ = '0.1.0'
 __all__ = ['SKAttention', 'SKBasicBlock', 'SKBottleneck', 'SKConv', 'SKNet', 'SKShuffleNetV2']
 
 _LAZY_ATTRIBUTES = {
-    'SKAttention': 'layers', 'SKBasicBlock': 'layers', 'SKBottleneck': 'layers', 'SKConv': 'layers',
-    'SKNet': 'sknet', 'SKShuffleNetV2': 'sk_shufflenet'}
-# the modules whose @register_model functions fill timm's registry, one per model family
-_MODEL_MODULES = ('sknet', 'sk_shufflenet')
+    'SKAttention': 'models.sk_conv', 'SKConv': 'models.sk_conv', 'SKBasicBlock': 'models.sk_resnet',
+    'SKBottleneck': 'models.sk_resnet', 'SKNet': 'models.sk_resnet', 'SKShuffleNetV2': 'models.sk_shufflenet'}
+# the modules whose @register_model functions fill timm's registry, one per model family; timm files each model
+# under its module's last name, so these are names of their own (timm.list_models(module='sk_resnet'))
+MODEL_MODULES = ('sk_resnet', 'sk_shufflenet')
 
 
 def __getattr__(name: str):
@@ -26,14 +27,13 @@ def model_names() -> list:
     """The names of this package's models in timm's registry (imports torch, timm and the model modules)."""
     register_models()
     import timm
-    return sorted(name for name in timm.list_models()
-                  if timm.models.model_entrypoint(name).__module__.startswith(f'{__name__}.'))
+    return sorted(name for module in MODEL_MODULES for name in timm.list_models(module=module))
 
 
 def register_models() -> None:
     """Register every model with timm (imports torch, timm and the model modules); the import hook calls it."""
-    for module in _MODEL_MODULES:
-        importlib.import_module(f'{__name__}.{module}')
+    for module in MODEL_MODULES:
+        importlib.import_module(f'{__name__}.models.{module}')
 
 
 if 'timm' in sys.modules:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from timm_sknet.errors import UserError
-from timm_sknet.layers import SKConv
+from timm_sknet.io.errors import UserError
+from timm_sknet.models.sk_conv import SKConv
 
 BENCH = Path(__file__).resolve().parents[2] / 'benchmarks' / 'bench_sk.py'
 

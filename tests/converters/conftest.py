@@ -7,8 +7,8 @@ import pytest
 import timm
 
 import timm_sknet  # noqa: F401  (registers the models)
-from converters.cli import main as convert_main
-from converters.writer import write_caffemodel
+from converters.caffe.cli import main as convert_main
+from converters.caffe.writer import write_caffemodel
 
 
 @pytest.fixture(scope='session')

@@ -8,8 +8,8 @@ from huggingface_hub import ModelCard
 
 from hub_cards.card import render_card
 from hub_cards.results import RESULTS_FORMAT
-from timm_sknet.store import PROVENANCE_KEYS, VERIFY_KEYS
-from timm_sknet.errors import UserError
+from timm_sknet.weights.store import PROVENANCE_KEYS, VERIFY_KEYS
+from timm_sknet.io.errors import UserError
 
 WEIGHTS_SHA256 = '5' * 64
 PROVENANCE = {

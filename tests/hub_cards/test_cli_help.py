@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from converters.cli import main as convert_caffe_main
+from converters.caffe.cli import main as convert_caffe_main
 from support import run_cli
 from timm_sknet.cli import SUBCOMMANDS
 

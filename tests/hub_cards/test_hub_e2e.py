@@ -19,7 +19,7 @@ from timm.models import save_for_hf
 
 from hub_helpers import NAMESPACE, client_env, convert_random_sknet50, load_pretrained, load_through_hub, olah
 from support import randomize_norms, run_cli
-from timm_sknet.store import PROVENANCE_KEYS, VERIFY_KEYS, read_metadata
+from timm_sknet.weights.store import PROVENANCE_KEYS, VERIFY_KEYS, read_metadata
 
 REPO_NAME = 'sknet50.caffe_in1k'
 REPO_ID = f'{NAMESPACE}/{REPO_NAME}'

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from hub_cards.results import RESULTS_FORMAT
 from hub_helpers import free_port
 from support import run_cli
-from timm_sknet.fileio import sha256_file
+from timm_sknet.io.files import sha256_file
 
 PROVENANCE = {
     'source_file': 'SKNet-50.caffemodel', 'source_size': '110428633', 'source_sha256': 'c' * 64,

@@ -26,8 +26,8 @@ from hub_helpers import (
     BIN_DIR, NAMESPACE, client_env, convert_random_sknet50, free_port, load_through_hub, olah, serve)
 from hub_write_server import DROP_UPLOADS_DIR
 from support import run_cli
-from timm_sknet.fileio import sha256_file
-from timm_sknet.store import read_metadata
+from timm_sknet.io.files import sha256_file
+from timm_sknet.weights.store import read_metadata
 
 SERVER = Path(__file__).parents[1] / 'hub_write_server.py'
 TOKEN = 'hf_loopbackWriteToken4e1f0c'

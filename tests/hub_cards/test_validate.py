@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import timm_sknet
 from hub_cards.validate import _data_config, _default_sizes
-from timm_sknet.fileio import sha256_file
+from timm_sknet.io.files import sha256_file
 
 from support import run_cli
 

@@ -178,7 +178,7 @@ def test_explicit_import_before_timm_registers_with_autoload_off(wheel_install):
 import os
 os.environ[{AUTOLOAD_ENV!r}] = '0'
 import timm_sknet
-import timm_sknet.errors, timm_sknet.fileio
+import timm_sknet.io.errors, timm_sknet.io.files
 before = state()
 import timm
 print(json.dumps(dict(before=before, registered=timm.is_model('sknet50'), after=state())))
@@ -188,12 +188,12 @@ print(json.dumps(dict(before=before, registered=timm.is_model('sknet50'), after=
 
 
 def test_importing_a_model_module_first_still_registers(wheel_install):
-    """``timm_sknet.layers`` imports timm mid-way through itself: the hook must still register every model."""
+    """``timm_sknet.models.sk_conv`` imports timm mid-way through itself: the hook must still register every model."""
     result = wheel_install.run('''
 import warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
-    from timm_sknet.layers import SKConv
+    from timm_sknet.models.sk_conv import SKConv
     import timm
 print(json.dumps(dict(registered=timm.is_model('sknet50'), model=type(timm.create_model('sknet26')).__name__,
                       warnings=[str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)])))

@@ -4,7 +4,7 @@ import importlib
 import sys
 from typing import List, Optional
 
-from ..errors import run_cli
+from ..io.errors import run_cli
 
 # subcommand -> module exposing configure_parser(parser) and run(args) -> int; imported only when chosen
 SUBCOMMANDS = {

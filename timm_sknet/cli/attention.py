@@ -1,6 +1,6 @@
 """``timm-sknet attention``: the paper's kernel-selection analysis (Sec. 4.4, Figs. 3-4) written to files.
 
-Captures every SK unit's selection weights (``timm_sknet.attention``) on images enlarged by centre crop and resize,
+Captures every SK unit's selection weights (``timm_sknet.analysis.attention``) on images enlarged by centre crop and resize,
 and writes units.csv, channels.csv, attention.json and the figures units.png and channels.png; with --per-class
 also classes.csv and classes.png.
 """
@@ -22,11 +22,11 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import model_names
-from ..attention import SKUnit, capture_selection, check_zoom_scale, mean_difference, sk_units, zoom_transform
-from ..errors import UserError
-from ..fileio import atomic_output, check_can_write, sha256_file
-from ..synthetic import synthetic_images
-from ..weights import create_model, create_model_with_weights
+from ..analysis.attention import SKUnit, capture_selection, check_zoom_scale, mean_difference, sk_units, zoom_transform
+from ..io.errors import UserError
+from ..io.files import atomic_output, check_can_write, sha256_file
+from ..io.synthetic import synthetic_images
+from ..weights.loading import create_model, create_model_with_weights
 from . import attention_plots
 
 __all__ = ['configure_parser', 'run']

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import require_module
+from ..io.errors import require_module
 
 DPI = 100
 UNITS_FIGSIZE = (8, 4)

@@ -2,7 +2,7 @@
 import argparse
 import os
 
-from ..store import STORE_ENV, describe, installed_weights, store_dir
+from ..weights.store import STORE_ENV, describe, installed_weights, store_dir
 
 __all__ = ['configure_parser', 'run']
 

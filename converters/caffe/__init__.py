@@ -1,0 +1,1 @@
+"""convert-caffe: the SKNet Caffe release (caffemodel + prototxt) -> timm safetensors, proven against OpenCV."""

@@ -1,0 +1,204 @@
+"""The local weights store: ``convert-caffe --install``, ``pretrained=True`` reading it with no network, the listing,
+and the error that says what to do when neither the store nor the Hub has the weights.
+
+Every load runs in a subprocess whose store (``TIMM_SKNET_HOME``) and Hub (``HF_ENDPOINT``) are set for it: a
+closed loopback port as the Hub, with ``HF_HUB_OFFLINE`` where the Hub must not even be tried.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, NamedTuple
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hub_helpers import (
+    BIN_DIR, FAIL_SCRIPT, NAMESPACE, client_env, convert_random_sknet50, free_port, load_pretrained)
+from support import run_cli
+from timm_sknet.weights.release import RELEASE_URL
+from timm_sknet.weights.store import PROVENANCE_KEYS, STORE_ENV, installed_path, read_metadata, store_dir
+
+NAME = 'sknet50.caffe_in1k'
+GUIDANCE_TIMEOUT_S = 60
+
+
+class Failure(NamedTuple):
+    seconds: float
+    message: str
+    types: list
+    cause: str
+
+
+def _failures(stdout: str) -> Dict[str, Failure]:
+    found = {}
+    for line in stdout.splitlines():
+        if line.startswith('{'):
+            record = json.loads(line)
+            model = record.pop('model')
+            found[model] = Failure(**record)
+    return found
+
+
+def _offline_env(tmp_path: Path, store: Path) -> Dict[str, str]:
+    """The Hub at a closed loopback port, offline mode on: nothing may come from the network."""
+    env = client_env(f'http://127.0.0.1:{free_port()}', tmp_path / 'hf', store)
+    env['HF_HUB_OFFLINE'] = '1'
+    return env
+
+
+@pytest.fixture(scope='module')
+def caffemodel(tmp_path_factory) -> Path:
+    """A release-format caffemodel of random sknet50 weights (and, beside it, its conversion by --output)."""
+    workdir = tmp_path_factory.mktemp('caffemodel')
+    convert_random_sknet50(workdir)
+    return workdir / 'sknet50.caffemodel'
+
+
+def _convert_caffe(env: Dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN_DIR / 'convert-caffe'), *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _assert_same_conversion(installed: Path, written: Path) -> None:
+    """What --install wrote is what --output writes: the same tensors and provenance metadata."""
+    assert set(PROVENANCE_KEYS) <= read_metadata(installed).keys()
+    assert read_metadata(installed) == read_metadata(written)
+    expected = load_file(str(written))
+    assert all(torch.equal(expected[k], v) for k, v in load_file(str(installed)).items())
+    assert load_file(str(installed)).keys() == expected.keys()
+
+
+def test_store_location(monkeypatch, tmp_path):
+    monkeypatch.delenv(STORE_ENV, raising=False)
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    monkeypatch.delenv('XDG_CACHE_HOME', raising=False)
+    assert store_dir() == tmp_path / 'home' / '.cache' / 'timm-sknet'
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    assert store_dir() == tmp_path / 'cache' / 'timm-sknet'
+    monkeypatch.setenv(STORE_ENV, '~/weights')
+    assert installed_path(NAME) == tmp_path / 'home' / 'weights' / NAME / 'model.safetensors'
+
+
+def test_install_then_pretrained_loads_it_with_no_network(caffemodel, tmp_path):
+    store = tmp_path / 'store'
+    env = _offline_env(tmp_path, store)
+    installed = store / NAME / 'model.safetensors'
+    install = _convert_caffe(env, str(caffemodel), '--model', 'sknet50', '--install')
+    assert install.returncode == 0, install.stderr
+    assert install.stdout.splitlines()[-1] == (
+        f"installed {NAME} as {installed}; timm.create_model('sknet50', pretrained=True) loads it")
+    _assert_same_conversion(installed, caffemodel.parent / 'sknet50.safetensors')
+
+    out, log = load_pretrained(env, installed, tmp_path, registry='sknet50', tagged=NAME)
+    for label in ('registry', 'tagged'):
+        assert out[f'{label}_same_weights'].item()
+        assert torch.equal(out[label], out['converted'])
+    assert log.count(f'timm_sknet.weights.pretrained: {NAME}: loading the installed copy {installed}') == 2
+    assert f'Loading pretrained weights from file ({installed})' in log  # timm's own loader read it
+
+
+def test_installed_copy_is_replaced_only_with_force(caffemodel, tmp_path):
+    store = tmp_path / 'store'
+    env = _offline_env(tmp_path, store)
+    installed = store / NAME / 'model.safetensors'
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes(b'an older copy')
+    again = _convert_caffe(env, str(caffemodel), '--model', 'sknet50', '--install')
+    assert again.returncode == 2
+    assert again.stderr == (
+        f'convert-caffe: error: {NAME} is already installed ({installed}); pass --force to replace it\n')
+    assert installed.read_bytes() == b'an older copy'
+    forced = _convert_caffe(env, str(caffemodel), '--model', 'sknet50', '--install', '--force')
+    assert forced.returncode == 0, forced.stderr
+    _assert_same_conversion(installed, caffemodel.parent / 'sknet50.safetensors')
+    assert sorted(p.name for p in installed.parent.iterdir()) == ['model.safetensors']  # no staging file left
+
+    both = _convert_caffe(env, str(caffemodel), '--model', 'sknet50', '--install', '--output', str(tmp_path / 'x'))
+    assert both.returncode == 2 and 'not allowed with argument' in both.stderr
+
+
+def test_install_into_an_unusable_store_is_one_line(caffemodel, tmp_path):
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('not a folder')
+    failed = _convert_caffe(_offline_env(tmp_path, blocker / 'store'), str(caffemodel), '--model', 'sknet50',
+                            '--install')
+    assert failed.returncode == 2
+    assert failed.stderr.startswith(f'convert-caffe: error: could not write {blocker / "store" / NAME}/model.')
+    assert failed.stderr.count('\n') == 1 and 'Not a directory' in failed.stderr
+    assert blocker.read_text() == 'not a folder'
+
+
+def test_listing_shows_provenance_and_verify_figures(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv(STORE_ENV, str(tmp_path))
+    assert run_cli(monkeypatch, 'installed') == 0
+    assert capsys.readouterr().out == (
+        f'store: {STORE_ENV}={tmp_path}\n'
+        'nothing installed; install converted weights with: convert-caffe CAFFEMODEL --model sknet50 --install\n')
+
+    provenance = {
+        'source_file': 'SKNet-101.caffemodel', 'source_size': '195512345', 'source_sha256': 'a' * 64,
+        'model_name': 'sknet101', 'timm_sknet_version': '0.1.0', 'timm_version': '1.0.31', 'torch_version': '2.14.1'}
+    verified = {
+        'verify_runtime': 'opencv 4.14.0', 'verify_images': '2', 'verify_max_abs_diff': '2.15e-06',
+        'verify_max_rel_diff': '1.46e-06', 'verify_top5_agreement': '2/2'}
+    tensors = {'fc.bias': torch.zeros(3)}
+    for name, metadata in (('sknet101.caffe_in1k', {**provenance, **verified}), (NAME, provenance)):
+        installed_path(name).parent.mkdir()
+        save_file(tensors, str(installed_path(name)), metadata)
+    installed_path('sknet26.untrained').parent.mkdir()
+    installed_path('sknet26.untrained').write_bytes(b'not safetensors')
+
+    assert run_cli(monkeypatch, 'installed') == 0
+    lines = capsys.readouterr().out.splitlines()
+    size = {name: f'{installed_path(name).stat().st_size:,} bytes' for name in ('sknet101.caffe_in1k', NAME)}
+    broken = installed_path('sknet26.untrained')
+    source = (f'  converted from SKNet-101.caffemodel (195,512,345 bytes, sha256 {"a" * 64}) for sknet101 by '
+              'timm-sknet 0.1.0')
+    assert lines[0] == f'store: {STORE_ENV}={tmp_path}'
+    assert lines[1:3] == [
+        f'sknet101.caffe_in1k  {installed_path("sknet101.caffe_in1k")}  ({size["sknet101.caffe_in1k"]})', source]
+    assert lines[3] == (
+        '  verified against opencv 4.14.0 on 2 images: max |logit diff| 2.15e-06, relative 1.46e-06, same top-5 on 2/2')
+    assert lines[4] == f'sknet26.untrained  {broken}  (15 bytes)'
+    assert lines[5].startswith(f'  unreadable: {broken} is not a readable safetensors file (')
+    assert lines[6:] == [
+        f'{NAME}  {installed_path(NAME)}  ({size[NAME]})', source, '  not verified (converted without --verify)']
+
+
+def test_offline_without_installed_weights_says_how_to_install_them(tmp_path):
+    """With the Hub off (HF_HUB_OFFLINE) at once; the message names the Hub repo, the store path and the commands,
+    and, for weights not from the Caffe release, where to put them."""
+    store = tmp_path / 'empty-store'
+    proc = subprocess.run([sys.executable, '-c', FAIL_SCRIPT, NAME, 'sk_resnext50_32x4d'],
+                          env=_offline_env(tmp_path, store), capture_output=True, text=True, timeout=120)
+    failures = _failures(proc.stdout)
+    release = failures[NAME]
+    assert 'PretrainedWeightsNotFoundError' in release.types and 'FileNotFoundError' in release.types
+    assert release.cause == 'LocalEntryNotFoundError'
+    assert release.message.startswith(
+        f'{NAME} has no pretrained weights here: the local store has no {store / NAME / "model.safetensors"}, '
+        f'and the Hub repo {NAMESPACE}/{NAME} (model.safetensors at http://127.0.0.1:')
+    assert 'offline mode is enabled' in release.message
+    assert release.message.endswith(
+        f'To install them: download the SKNet-50 caffemodel linked from {RELEASE_URL}, then run: '
+        'convert-caffe SKNet-50.caffemodel --model sknet50 --install')
+    timm_weights = failures['sk_resnext50_32x4d']
+    assert 'the Hub repo timm/skresnext50_32x4d.ra_in1k (its weights at' in timm_weights.message
+    assert timm_weights.message.endswith(
+        'Fetch them once with Hub access (they are cached), or save their safetensors as '
+        f'{store / "sk_resnext50_32x4d.ra_in1k" / "model.safetensors"}.')
+
+
+def test_dead_hub_and_no_installed_weights_give_the_guiding_error_within_60_s(dead_hub):
+    """The run started with the session (conftest.py): an empty store, a Hub endpoint that refuses connections."""
+    stdout, stderr = dead_hub.proc.communicate(timeout=GUIDANCE_TIMEOUT_S + 60)
+    failure = _failures(stdout)['sknet50']
+    assert failure.seconds < GUIDANCE_TIMEOUT_S, failure
+    assert 'PretrainedWeightsNotFoundError' in failure.types and failure.cause == 'LocalEntryNotFoundError'
+    assert failure.message.startswith(
+        f'{NAME} has no pretrained weights here: the local store has no {dead_hub.store / NAME / "model.safetensors"}, '
+        f'and the Hub repo {NAMESPACE}/{NAME} (model.safetensors at http://127.0.0.1:')
+    assert 'convert-caffe SKNet-50.caffemodel --model sknet50 --install' in failure.message
+    print(f'guiding error after {failure.seconds:.1f} s: {failure.message}')
