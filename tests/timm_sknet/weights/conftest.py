@@ -1,4 +1,4 @@
-"""Fixtures the hub_cards tests share across modules."""
+"""Fixtures of the weights tests."""
 import subprocess
 import sys
 from pathlib import Path
