@@ -32,6 +32,10 @@ from timm_sknet.weights.loading import architecture, create_model_with_weights
 from .card import render_card
 from .results import read_results
 
+__all__ = ['HELP', 'configure_parser', 'run']
+
+HELP = 'write or upload model.safetensors, config.json and a model card'
+
 REPO_FILES = (HUB_WEIGHTS_FILENAME, 'config.json', 'README.md')
 
 

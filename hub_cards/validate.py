@@ -24,6 +24,10 @@ from timm_sknet.weights.loading import create_model_with_weights
 
 from .results import RESULTS_FORMAT
 
+__all__ = ['HELP', 'configure_parser', 'run']
+
+HELP = 'measure top-1/top-5 of weights on an ImageFolder / ImageNet val'
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('data_dir', metavar='DATA_DIR', type=Path,

@@ -1,7 +1,7 @@
 """What the Hub tests share: random converted weights, servers on loopback (olah, our write server), the
 client's environment, and loading models through a Hub in a subprocess.
 
-Models register at import and read ``TIMM_SKNET_HUB_NAMESPACE`` then, so loading happens in a subprocess.
+huggingface_hub reads ``HF_ENDPOINT`` and ``HF_HOME`` when it is imported, so loading happens in a subprocess.
 """
 import contextlib
 import json

@@ -5,10 +5,10 @@ import pytest
 
 from converters.caffe.cli import main as convert_caffe_main
 from support import run_cli
-from timm_sknet.cli import SUBCOMMANDS
+from timm_sknet.cli import command_names
 
 
-@pytest.mark.parametrize('argv', [[], *([name] for name in SUBCOMMANDS)], ids=lambda argv: argv[0] if argv else 'main')
+@pytest.mark.parametrize('argv', [[], *([name] for name in command_names())], ids=lambda argv: argv[0] if argv else 'main')
 def test_timm_sknet_help_is_plain_text(monkeypatch, capsys, argv):
     assert run_cli(monkeypatch, *argv, '--help') == 0
     out = capsys.readouterr().out

@@ -2,8 +2,8 @@
 the local store and transformers load it; timm's own skresnext50_32x4d repo serves ``sk_resnext50_32x4d.ra_in1k``.
 
 olah (a Hub mirror) serves git repos under ``mirrors-path/models/<namespace>/<name>`` offline, on loopback;
-``HF_ENDPOINT`` points huggingface_hub at it and ``HF_HOME`` keeps the cache in tmp. Models register at import
-and read ``TIMM_SKNET_HUB_NAMESPACE`` then, so the loading happens in subprocesses. One olah serves the module.
+``HF_ENDPOINT`` points huggingface_hub at it and ``HF_HOME`` keeps the cache in tmp; huggingface_hub reads both
+when it is imported, so the loading happens in subprocesses. One olah serves the module.
 """
 import json
 import subprocess

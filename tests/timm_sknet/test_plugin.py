@@ -7,6 +7,7 @@ in an empty directory: only the installed files can be what it imports.
 """
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +19,7 @@ import pytest
 import timm
 from timm.models import model_entrypoint
 
+import timm_sknet
 from timm_sknet._autoload import AUTOLOAD_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,8 +37,8 @@ def state():
 
 
 def sknet_model_names() -> List[str]:
-    """Every model this package registers, read back from timm's registry."""
-    names = sorted(n for n in timm.list_models() if model_entrypoint(n).__module__.startswith('timm_sknet.'))
+    """Every model this package registers, read back from timm's registry by the package's own module names."""
+    names = sorted(timm.list_models(module=list(timm_sknet.MODEL_MODULES)))
     assert 'sknet50' in names and 'sknet26' in names
     return names
 
@@ -128,8 +130,7 @@ for name in sys.argv[1:]:
 print(json.dumps(dict(
     after_import=after_import,
     package=sys.modules['timm_sknet'].__file__,
-    registered=sorted(
-        n for n in timm.list_models() if timm.models.model_entrypoint(n).__module__.startswith('timm_sknet.')),
+    registered=sorted(timm.list_models(module=list(sys.modules['timm_sknet'].MODEL_MODULES))),
     timm_loader=type(timm.__loader__).__name__,
     timm_spec_loader_is_loader=timm.__spec__.loader is timm.__loader__,
 )))
@@ -199,3 +200,15 @@ print(json.dumps(dict(registered=timm.is_model('sknet50'), model=type(timm.creat
                       warnings=[str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)])))
 ''')
     assert result == dict(registered=True, model='SKNet', warnings=[])
+
+
+def test_each_model_module_lists_exactly_its_own_models():
+    """timm files a model under its module's last name: ours are names of their own, so ``list_models(module=M)``
+    gives exactly that file's models and ``list_modules()`` shows them."""
+    timm_own_modules = {m.name for m in pkgutil.iter_modules(timm.models.__path__)}
+    assert not set(timm_sknet.MODEL_MODULES) & timm_own_modules
+    assert set(timm_sknet.MODEL_MODULES) <= set(timm.list_modules())
+    for module in timm_sknet.MODEL_MODULES:
+        defined_there = {n for n in timm.list_models() if model_entrypoint(n).__module__ == f'timm_sknet.models.{module}'}
+        assert defined_there and sorted(timm.list_models(module=module)) == sorted(defined_there)
+    assert timm_sknet.model_names() == sorted(timm.list_models(module=list(timm_sknet.MODEL_MODULES)))

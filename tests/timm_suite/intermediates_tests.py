@@ -1,15 +1,14 @@
 """timm's module-selected feature tests (forward_intermediates, FeatureGetterNet, prune contract), run on our models.
 
-test_models.py picks these models with ``list_models(module=[...timm modules...])``, which cannot name a plugin's
-module; the test bodies below are timm's own functions, called unchanged.
+test_models.py picks these models with ``list_models(module=[...timm's own module names...])``, a fixed list that
+cannot include a plugin's modules; the test bodies below are timm's own functions, called unchanged.
 """
 import pytest
 import test_models as timm_tests  # timm's tests/test_models.py (run.py puts it on sys.path)
-from timm import list_models
 
-import timm_sknet  # noqa: F401  registers the models
+import timm_sknet
 
-OUR_MODELS = sorted(set(list_models('sknet*') + list_models('sk_res*') + list_models('sk_shufflenet*')))
+OUR_MODELS = timm_sknet.model_names()
 
 
 @pytest.mark.parametrize('model_name', OUR_MODELS)

@@ -29,7 +29,9 @@ from ..io.synthetic import synthetic_images
 from ..weights.loading import create_model, create_model_with_weights
 from . import attention_plots
 
-__all__ = ['configure_parser', 'run']
+__all__ = ['HELP', 'configure_parser', 'run']
+
+HELP = "capture SK selection weights; the paper's Figs. 3-4"
 
 _OUTPUTS = ('units.csv', 'channels.csv', 'units.png', 'channels.png', 'attention.json')
 _CLASS_OUTPUTS = ('classes.csv', 'classes.png')

@@ -4,11 +4,15 @@ import os
 
 from ..weights.store import STORE_ENV, describe, installed_weights, store_dir
 
-__all__ = ['configure_parser', 'run']
+__all__ = ['HELP', 'configure_parser', 'run']
+
+HELP = 'list the weights in the local store (what convert-caffe --install wrote)'
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """``timm-sknet installed`` takes no arguments: the store is ``$TIMM_SKNET_HOME`` or its default."""
+    parser.description = (f'{HELP}. The store is ${STORE_ENV} if set, else timm-sknet in $XDG_CACHE_HOME or '
+                          f'~/.cache; here: {store_dir()}')
 
 
 def run(args: argparse.Namespace) -> int:

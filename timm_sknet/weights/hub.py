@@ -1,4 +1,5 @@
-"""Where this project's weights live on the Hugging Face Hub: one namespace, set here or by environment."""
+"""Where this project's weights live on the Hugging Face Hub: one namespace, set here or by environment (read when
+used, never at import)."""
 import os
 from typing import Dict
 
@@ -21,7 +22,9 @@ def hub_repo_id(model_name_tag: str) -> str:
 def hub_source(model_name_tag: str) -> Dict[str, str]:
     """The pretrained-cfg keys that make timm load ``model.safetensors`` from the tag's repo and nothing else.
 
-    timm appends ``<model>.<tag>`` to an ``hf_hub_id`` only when it is exactly ``'timm/'``, so the repo id is
-    spelled out; without ``hf_hub_filename`` timm would try ``pytorch_model.bin`` when the safetensors is absent.
+    The repo is named in the default namespace; ``weights.source`` moves it to ``$TIMM_SKNET_HUB_NAMESPACE`` when a
+    model is created. timm appends ``<model>.<tag>`` to an ``hf_hub_id`` only when it is exactly ``'timm/'``, so the
+    repo id is spelled out; without ``hf_hub_filename`` timm would try ``pytorch_model.bin`` when the safetensors is
+    absent.
     """
-    return {'hf_hub_id': hub_repo_id(model_name_tag), 'hf_hub_filename': HUB_WEIGHTS_FILENAME}
+    return {'hf_hub_id': f'{DEFAULT_HUB_NAMESPACE}/{model_name_tag}', 'hf_hub_filename': HUB_WEIGHTS_FILENAME}

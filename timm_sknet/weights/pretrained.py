@@ -6,16 +6,15 @@ The store (``timm_sknet.weights.store``) holds what ``convert-caffe --install`` 
 is loaded through timm's own ``file`` source, so timm's scripts (``validate.py --pretrained``) use it unchanged.
 """
 import logging
-from pathlib import Path
 from typing import Any, Callable, Type, TypeVar, Union
 
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
-from timm.models import PretrainedCfg, build_model_with_cfg, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg
 
 from ..io.errors import UserError
-from .release import RELEASE_URL, RELEASED_MODELS
-from .store import installed_path
+from .release import RELEASE_URL
+from .source import WeightsSource, weights_source
 
 ModelT = TypeVar('ModelT')
 _logger = logging.getLogger(__name__)
@@ -34,37 +33,38 @@ def build_model_with_store(
         pretrained: bool,
         **kwargs: Any,
 ) -> ModelT:
-    """timm's ``build_model_with_cfg``, with ``pretrained=True`` reading the store's copy of the tag if there is one.
+    """timm's ``build_model_with_cfg``, with the Hub repo in today's namespace and ``pretrained=True`` reading the
+    store's copy of the tag if there is one.
 
     Weights the caller named (``hf-hub:`` / ``local-dir:`` names, a ``file`` or ``state_dict`` in the pretrained
     cfg) are left to timm. Otherwise an installed ``<variant>.<tag>`` is loaded, and the log says which file;
     without one timm asks the Hub, and a Hub that cannot give the weights becomes ``PretrainedWeightsNotFoundError``.
     """
-    if not pretrained:
-        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
-    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-    if cfg.source or cfg.file or cfg.state_dict is not None:
-        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
-    name = f'{variant}.{cfg.tag}' if cfg.tag else variant
-    installed = installed_path(name)
-    if installed.is_file():
-        _logger.info(f'{name}: loading the installed copy {installed} (the local store comes before the Hub)')
-        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(installed))
-        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+    source = weights_source(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    overlay = dict(kwargs.get('pretrained_cfg_overlay') or {}, **source.cfg_overlay())
+    if not pretrained or source.caller_named_weights:
+        return build_model_with_cfg(model_cls, variant, pretrained, **dict(kwargs, pretrained_cfg_overlay=overlay))
+    if source.installed.is_file():
+        _logger.info(f'{source.name}: loading the installed copy {source.installed} (the local store comes before '
+                     f'the Hub)')
+        overlay['file'] = str(source.installed)
+        return build_model_with_cfg(model_cls, variant, pretrained, **dict(kwargs, pretrained_cfg_overlay=overlay))
     try:
-        return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+        return build_model_with_cfg(model_cls, variant, pretrained, **dict(kwargs, pretrained_cfg_overlay=overlay))
     except (HfHubHTTPError, EntryNotFoundError) as e:
-        raise PretrainedWeightsNotFoundError(_not_found_message(name, cfg, installed, e)) from e
+        raise PretrainedWeightsNotFoundError(_not_found_message(source, e)) from e
 
 
-def _not_found_message(name: str, cfg: PretrainedCfg, installed: Path, hub_error: Exception) -> str:
+def _not_found_message(source: WeightsSource, hub_error: Exception) -> str:
     # huggingface_hub's LocalEntryNotFoundError says only "check your connection"; its cause says what happened
+    cfg = source.cfg
     detail = (str(hub_error.__cause__ or hub_error).strip().splitlines() or [''])[0]
-    found = (f'{name} has no pretrained weights here: the local store has no {installed}, and the Hub repo '
-             f'{cfg.hf_hub_id} ({cfg.hf_hub_filename or "its weights"} at {hf_constants.ENDPOINT}) could not be '
+    found = (f'{source.name} has no pretrained weights here: the local store has no {source.installed}, and the Hub '
+             f'repo {cfg.hf_hub_id} ({cfg.hf_hub_filename or "its weights"} at {hf_constants.ENDPOINT}) could not be '
              f'read ({type(hub_error).__name__}: {detail}).')
-    release = RELEASED_MODELS.get(cfg.architecture)
-    if release is not None:
-        return (f'{found} To install them: download the {release.paper_name} caffemodel linked from {RELEASE_URL}, '
-                f'then run: convert-caffe {release.caffemodel} --model {cfg.architecture} --install')
-    return f'{found} Fetch them once with Hub access (they are cached), or save their safetensors as {installed}.'
+    if source.release is not None:
+        return (f'{found} To install them: download the {source.release.paper_name} caffemodel linked from '
+                f'{RELEASE_URL}, then run: convert-caffe {source.release.caffemodel} --model {source.architecture} '
+                f'--install')
+    return (f'{found} Fetch them once with Hub access (they are cached), or save their safetensors as '
+            f'{source.installed}.')

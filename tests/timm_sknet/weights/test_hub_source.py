@@ -1,9 +1,4 @@
 """Where timm looks for the released weights: one namespace (overridable by environment), safetensors only."""
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 from timm.models import get_pretrained_cfg
 
@@ -16,8 +11,9 @@ def test_namespace_default_and_override(monkeypatch):
     assert hub_namespace() == DEFAULT_HUB_NAMESPACE
     monkeypatch.setenv(HUB_NAMESPACE_ENV, 'my-org')
     assert hub_repo_id('sknet50.caffe_in1k') == 'my-org/sknet50.caffe_in1k'
+    # the registered cfgs name the default namespace; a created model moves it (below)
     assert hub_source('sknet101.caffe_in1k') == {
-        'hf_hub_id': 'my-org/sknet101.caffe_in1k', 'hf_hub_filename': 'model.safetensors'}
+        'hf_hub_id': f'{DEFAULT_HUB_NAMESPACE}/sknet101.caffe_in1k', 'hf_hub_filename': 'model.safetensors'}
 
 
 @pytest.mark.parametrize('model_name', ['sknet50', 'sknet101'])
@@ -27,13 +23,18 @@ def test_registry_loads_safetensors_only(model_name):
     what goes over the wire)."""
     cfg = get_pretrained_cfg(model_name)
     assert cfg.tag == 'caffe_in1k'
-    assert (cfg.hf_hub_id, cfg.hf_hub_filename) == (hub_repo_id(f'{model_name}.caffe_in1k'), 'model.safetensors')
+    assert (cfg.hf_hub_id, cfg.hf_hub_filename) == (f'{DEFAULT_HUB_NAMESPACE}/{model_name}.caffe_in1k', 'model.safetensors')
     assert not (cfg.url or cfg.file or cfg.state_dict or cfg.source)
 
 
-def test_namespace_env_is_read_at_registration():
-    env = dict(os.environ, **{HUB_NAMESPACE_ENV: 'elsewhere'})
-    code = ("import json, timm, timm_sknet; from timm.models import get_pretrained_cfg; "
-            "print(json.dumps([get_pretrained_cfg(m).hf_hub_id for m in ('sknet50', 'sknet101')]))")
-    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True, timeout=120)
-    assert json.loads(out.stdout.splitlines()[-1]) == ['elsewhere/sknet50.caffe_in1k', 'elsewhere/sknet101.caffe_in1k']
+def test_namespace_env_is_read_when_a_model_is_created(monkeypatch):
+    """Configuration is read when a model is created, not at import: the registry keeps the default namespace and
+    each created model names the repo in the namespace set at that moment."""
+    import timm
+    monkeypatch.setenv(HUB_NAMESPACE_ENV, 'elsewhere')
+    assert get_pretrained_cfg('sknet50').hf_hub_id == f'{DEFAULT_HUB_NAMESPACE}/sknet50.caffe_in1k'
+    assert timm.create_model('sknet50').pretrained_cfg['hf_hub_id'] == 'elsewhere/sknet50.caffe_in1k'
+    monkeypatch.setenv(HUB_NAMESPACE_ENV, 'later')
+    assert timm.create_model('sknet50').pretrained_cfg['hf_hub_id'] == 'later/sknet50.caffe_in1k'
+    # timm's own repos are not ours to move
+    assert timm.create_model('sk_resnext50_32x4d').pretrained_cfg['hf_hub_id'] == 'timm/skresnext50_32x4d.ra_in1k'
