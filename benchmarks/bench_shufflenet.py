@@ -3,17 +3,14 @@ form, ShuffleNetV2 (``kernel_size=(3,), sk_attention=False``), each as built and
 (``timm.utils.reparameterize_model``: every BatchNorm folded into its conv), with torchvision's ShuffleNetV2 of the
 same width as a reference for the plain form.
 
-    python benchmarks/bench_shufflenet.py                 # both widths, NCHW and channels_last
-    python benchmarks/bench_shufflenet.py --quick         # smoke test: 0.5x, NCHW, 5 rounds
+    python -m benchmarks.bench_shufflenet                 # both widths, NCHW and channels_last
+    python -m benchmarks.bench_shufflenet --quick         # smoke test: 0.5x, NCHW, 5 rounds
 
 For each width and memory format the five models are timed round-robin in one process, one forward each per round
-(bench_sk.py's machinery), so load from other processes hits all of them alike; a model's figure is its median.
+(``benchmarks.timing``), so load from other processes hits all of them alike; a model's figure is its median.
 """
 import argparse
-import os
 import statistics
-import sys
-from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -23,9 +20,9 @@ from torch import nn
 import timm
 from timm.utils import reparameterize_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sk import FORMATS, Case, describe_machine, make_step, time_round_robin  # noqa: E402
-from timm_sknet.io.errors import UserError, run_cli  # noqa: E402  importing timm_sknet registers the models
+from timm_sknet.io.errors import UserError, run_cli  # importing timm_sknet registers the models
+
+from benchmarks.timing import FORMATS, Case, describe_machine, load_average, make_step, time_round_robin
 
 WIDTHS = {'050': 'shufflenet_v2_x0_5', '100': 'shufflenet_v2_x1_0'}
 PLAIN = dict(kernel_size=(3,), sk_attention=False)
@@ -72,10 +69,6 @@ def build_models(width: str) -> Dict[str, nn.Module]:
     }
 
 
-def _load() -> str:
-    return ' / '.join(f'{v:.1f}' for v in os.getloadavg())
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -84,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'machine: {describe_machine(device)}')
     print(f'eval, batch {args.batch_size}, fp32, {args.img_size}px; {args.repeats} timed rounds (+{args.warmup} '
           f'warm-up) per case, the five models of a width interleaved, median reported')
-    print(f'load average at start (1/5/15 min): {_load()}\n')
+    print(f'load average at start (1/5/15 min): {load_average()}\n')
     results = {}  # (width, memory format, column) -> img/s
     for width in args.widths:
         models = build_models(width)
@@ -96,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for name, samples in times.items():
                 results[width, fmt, name] = args.batch_size / statistics.median(samples)
             print(f'[{width} {fmt}] ' + ', '.join(f'{n} {results[width, fmt, n]:.1f} img/s' for n in steps), flush=True)
-    print(f'load average at end (1/5/15 min): {_load()}')
+    print(f'load average at end (1/5/15 min): {load_average()}')
 
     ratio_names = [f'{a} / {b}' for a, b in RATIOS]
     print('\n| width | format | ' + ' | '.join(f'{c} img/s' for c in COLUMNS) + ' | ' + ' | '.join(ratio_names) + ' |')

@@ -1,9 +1,9 @@
 """SKNet-50 speed against timm's ``skresnext50_32x4d`` (the same network) and ``resnext50_32x4d`` (the cost floor).
 
-    python benchmarks/bench_sk.py                  # eval at batch 1 and 8, a training step at batch 8; NCHW and
+    python -m benchmarks.bench_sk                  # eval at batch 1 and 8, a training step at batch 8; NCHW and
                                                    # channels_last; eager (add --compile for torch.compile too)
-    python benchmarks/bench_sk.py --quick          # smoke test: 3 repeats, batch 8 only, eager only
-    python benchmarks/bench_sk.py --runs 5         # the same in 5 fresh processes, then the issue's ratios of
+    python -m benchmarks.bench_sk --quick          # smoke test: 3 repeats, batch 8 only, eager only
+    python -m benchmarks.bench_sk --runs 5         # the same in 5 fresh processes, then the goals' ratios of
                                                    # every run and their median
 
 A model is a timm name, optionally with a deploy transform: ``NAME:deploy`` is ``timm.utils.reparameterize_model``
@@ -12,7 +12,7 @@ A model is a timm name, optionally with a deploy transform: ``NAME:deploy`` is `
 builds a variant of an SK model that shows what its parts cost: ``+sum`` has both paths and the paper's plain-sum
 selection (no attention), ``+m1`` has one path (a ResNeXt unit built from this package's modules), e.g.
 
-    python benchmarks/bench_sk.py --eval-batch-sizes 8 --train-batch-size 0 \
+    python -m benchmarks.bench_sk --eval-batch-sizes 8 --train-batch-size 0 \
         --models sknet50:deploy,sknet50+sum:deploy,sknet50+m1:deploy,resnext50_32x4d:fx-fuse
 
 Every mode, batch size and backend times the models in every memory format round-robin in one process, one
@@ -29,21 +29,16 @@ peak RSS over the step (everything the process touches, allocator caching includ
 """
 import argparse
 import copy
-import ctypes
-import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import timm
@@ -51,10 +46,13 @@ from timm.utils import reparameterize_model
 from torch.fx.experimental.optimization import fuse
 from timm_sknet.io.errors import UserError, run_cli  # importing timm_sknet registers sknet50
 
+from benchmarks.timing import (
+    FORMATS, Case, cpu_rss_peak_growth, describe_machine, load_average, make_step, tensor_peak_growth,
+    time_round_robin)
+
 OURS, TIMM_SK, FLOOR = 'sknet50', 'skresnext50_32x4d', 'resnext50_32x4d'
 OURS_DEPLOY, FLOOR_FUSED = f'{OURS}:deploy', f'{FLOOR}:fx-fuse'
 DEFAULT_MODELS = (OURS, OURS_DEPLOY, TIMM_SK, FLOOR, FLOOR_FUSED)
-FORMATS = {'nchw': torch.contiguous_format, 'channels_last': torch.channels_last}
 VARIANTS = {
     'sum': dict(sk_attention=False),
     'm1': dict(kernel_size=(3,)),
@@ -63,23 +61,12 @@ TRANSFORMS = {
     'deploy': reparameterize_model,
     'fx-fuse': lambda model: fuse(model.eval()),
 }
-# The issue's acceptance ratios (2-core CPU, each model in its faster memory format): (mode, batch, backend) ->
-# [(model, other model, minimum of model / other)].
-TARGETS = {
+# The project's speed goals (2-core CPU, 224px, each model in its faster memory format): (mode, batch, backend)
+# -> [(model, other model, minimum of model / other)].
+GOALS = {
     ('eval', 8, 'eager'): [(OURS, TIMM_SK, 1.5), (OURS_DEPLOY, FLOOR, 1.0), (OURS_DEPLOY, FLOOR_FUSED, 0.92)],
     ('train', 8, 'eager'): [(OURS, TIMM_SK, 1.15)],
 }
-
-
-@dataclass(frozen=True)
-class Case:
-    mode: str  # 'eval' or 'train'
-    batch_size: int
-    memory_format: str  # a FORMATS key
-    backend: str  # 'eager' or 'compile'
-
-    def __str__(self) -> str:
-        return f'{self.mode} b{self.batch_size} {self.memory_format} {self.backend}'
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -101,7 +88,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--quick', action='store_true', help='smoke test: defaults become --repeats 3 --warmup 1 --eval-batch-sizes 8')
     parser.add_argument('--runs', type=int, default=1,
                         help='repeat the whole run in this many fresh processes and report the median ratios')
-    parser.add_argument('--targets-out', help=argparse.SUPPRESS)  # a run of --runs writes its targets here (JSON)
+    parser.add_argument('--goals-out', help=argparse.SUPPRESS)  # a run of --runs writes its goals here (JSON)
     args = parser.parse_args(argv)
     if args.runs < 1:
         raise UserError(f'--runs must be at least 1, got {args.runs}')
@@ -129,37 +116,6 @@ def build_cases(args: argparse.Namespace) -> List[Case]:
     return [Case(mode, batch, fmt, backend) for backend in backends for mode, batch in modes for fmt in formats]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def make_step(model: nn.Module, case: Case, device: torch.device, img_size: int) -> Callable[[], None]:
-    """One iteration of ``case`` on ``model`` (already in the case's memory format and mode), synchronised."""
-    memory_format = FORMATS[case.memory_format]
-    x = torch.randn(case.batch_size, 3, img_size, img_size, device=device).contiguous(memory_format=memory_format)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda')
-    net = torch.compile(model, dynamic=False) if case.backend == 'compile' else model
-    if case.mode == 'eval':
-        def step():
-            with torch.inference_mode(), autocast:
-                net(x)
-            _sync(device)
-        return step
-
-    target = torch.randint(0, 1000, (case.batch_size,), device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step():
-        with autocast:
-            loss = F.cross_entropy(net(x), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        _sync(device)
-    return step
-
-
 def build_model(name: str, device: torch.device) -> nn.Module:
     """``NAME[+VARIANT][:TRANSFORM]`` (see ``VARIANTS``, ``TRANSFORMS``), in eval mode, on ``device``."""
     spec, _, transform = name.partition(':')
@@ -175,90 +131,6 @@ def build_model(name: str, device: torch.device) -> nn.Module:
     except TypeError as e:
         raise UserError(f'{arch} has no variant {variant!r} ({e}); variants are for SK models such as {OURS}') from e
     return TRANSFORMS[transform](model) if transform else model
-
-
-def time_round_robin(steps: Dict[Any, Callable[[], None]], repeats: int, warmup: int) -> Dict[Any, List[float]]:
-    """Seconds per iteration of each step, interleaved: every round runs each step once."""
-    times = {name: [] for name in steps}
-    for round_idx in range(warmup + repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            if round_idx >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL('libc.so.6').malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _proc_status_kib(field: str) -> Optional[int]:
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def cpu_rss_peak_growth(step: Callable[[], None]) -> Optional[int]:
-    """Growth of the peak RSS over one step, in bytes (Linux: VmHWM reset through /proc/self/clear_refs)."""
-    gc.collect()
-    _malloc_trim()  # hand cached heap back so the baseline is what is really live
-    base = _proc_status_kib('VmRSS')
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')  # resets VmHWM to the current RSS
-    except OSError:
-        return None
-    step()
-    peak = _proc_status_kib('VmHWM')
-    return None if base is None or peak is None else (peak - base) * 1024
-
-
-def tensor_peak_growth(step: Callable[[], None], device: torch.device) -> int:
-    """Peak of live tensor bytes over one step above those live before it."""
-    if device.type == 'cuda':
-        _sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        return torch.cuda.max_memory_allocated(device) - base
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == '[memory]']
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
-
-
-def describe_machine(device: torch.device) -> str:
-    if device.type == 'cuda':
-        where = torch.cuda.get_device_name(device)
-    else:
-        where = platform.processor() or platform.machine()
-        try:
-            with open('/proc/cpuinfo') as f:
-                where = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-        except (OSError, StopIteration):
-            pass
-        where += f', {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}'
-    return f'{where}; torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}'
-
-
-def _load() -> str:
-    try:
-        return ' / '.join(f'{v:.1f}' for v in os.getloadavg())
-    except OSError:
-        return 'n/a'
 
 
 def _mib(nbytes: Optional[int]) -> str:
@@ -289,7 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'machine: {describe_machine(device)}')
     print(f'precision: {"bf16 autocast" if device.type == "cuda" else "fp32"}; image {args.img_size}px; '
           f'{args.repeats} timed rounds (+{args.warmup} warm-up) per case, models interleaved, median reported')
-    print(f'load average at start (1/5/15 min): {_load()}\n')
+    print(f'load average at start (1/5/15 min): {load_average()}\n')
 
     samples = {}  # (case, name) -> seconds per iteration, one per round
     memory = {}  # (case, name) -> (tensor peak bytes, rss peak growth bytes)
@@ -325,11 +197,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for name, t in timed.items())
             print(f'[{case}] {spread}', flush=True)
         print(f'({time.perf_counter() - started:.0f} s)', flush=True)
-    print(f'\nload average at end (1/5/15 min): {_load()}')
-    # The issue's targets were set for 224px on a CPU.
-    measured = report(names, cases, samples, memory, show_targets=args.img_size == 224 and device.type == 'cpu')
-    if args.targets_out:
-        with open(args.targets_out, 'w') as f:
+    print(f'\nload average at end (1/5/15 min): {load_average()}')
+    # The goals were set for 224px on a CPU.
+    measured = report(names, cases, samples, memory, show_goals=args.img_size == 224 and device.type == 'cpu')
+    if args.goals_out:
+        with open(args.goals_out, 'w') as f:
             json.dump(measured, f)
     return 0
 
@@ -344,9 +216,9 @@ def report(
         cases: List[Case],
         samples: Dict[Tuple[Case, str], List[float]],
         memory: Dict[Tuple[Case, str], Tuple[int, Optional[int]]],
-        show_targets: bool,
+        show_goals: bool,
 ) -> List[Dict[str, Any]]:
-    """Print the tables; return the issue's targets as measured (empty unless ``show_targets``)."""
+    """Print the tables; return the goals as measured (empty unless ``show_goals``)."""
     speed = {key: key[0].batch_size / statistics.median(t) for key, t in samples.items()}
     ratio_cols = [n for n in names if n != OURS] if OURS in names else []
     print(f'\n## img/s (median) and {OURS} / other (median of the per-round ratios)')
@@ -368,7 +240,7 @@ def report(
             cells = [f'{_mib(memory[case, n][0])} \\| {_mib(memory[case, n][1])}' for n in train_names]
             print(f'| {case} | ' + ' | '.join(cells) + ' |')
 
-    print("\n## each model in its faster memory format (the issue's comparison; ratios paired round by round)")
+    print("\n## each model in its faster memory format (the goals' comparison; ratios paired round by round)")
     groups = sorted({(c.mode, c.batch_size, c.backend) for c in cases}, key=str)
     measured = []
     for mode, batch, backend in groups:
@@ -383,13 +255,13 @@ def report(
             floor = samples[best[FLOOR_FUSED], FLOOR_FUSED]
             print(f'    speed / {FLOOR_FUSED}: ' + ', '.join(
                 f'{n} {_paired_ratio(samples[best[n], n], floor):.2f}x' for n in timed if n != FLOOR_FUSED))
-        for result in target_results(best, samples, memory, mode, batch, backend) if show_targets else ():
-            print(f'    {_describe_target(result, result["value"])}')
+        for result in goal_results(best, samples, memory, mode, batch, backend) if show_goals else ():
+            print(f'    {_describe_goal(result, result["value"])}')
             measured.append(result)
     return measured
 
 
-def target_results(
+def goal_results(
         best: Dict[str, Case],
         samples: Dict[Tuple[Case, str], List[float]],
         memory: Dict[Tuple[Case, str], Tuple[int, Optional[int]]],
@@ -397,13 +269,13 @@ def target_results(
         batch: int,
         backend: str,
 ) -> List[Dict[str, Any]]:
-    """The issue's targets for one mode, batch size and backend, each model in its faster format (``best``)."""
+    """The goals for one mode, batch size and backend, each model in its faster format (``best``)."""
     case = f'{mode} b{batch} {backend}'
     results = []
-    for model, other, target in TARGETS.get((mode, batch, backend), ()):
+    for model, other, goal in GOALS.get((mode, batch, backend), ()):
         if model in best and other in best:
             ratio = _paired_ratio(samples[best[model], model], samples[best[other], other])
-            results.append(dict(case=case, name=f'{model} / {other}', value=ratio, minimum=target))
+            results.append(dict(case=case, name=f'{model} / {other}', value=ratio, minimum=goal))
     if (mode, backend) == ('train', 'eager') and OURS in best and TIMM_SK in best:
         ours_mem, timm_mem = memory[best[OURS], OURS][0], memory[best[TIMM_SK], TIMM_SK][0]
         results.append(dict(case=case, name=f'peak tensor memory {OURS} / {TIMM_SK}', value=ours_mem / timm_mem,
@@ -411,25 +283,25 @@ def target_results(
     return results
 
 
-def _target_met(result: Dict[str, Any], value: float) -> bool:
+def _goal_met(result: Dict[str, Any], value: float) -> bool:
     return value >= result['minimum'] if 'minimum' in result else value < result['below']
 
 
-def _describe_target(result: Dict[str, Any], value: float) -> str:
+def _describe_goal(result: Dict[str, Any], value: float) -> str:
     goal = f'>= {result["minimum"]}x' if 'minimum' in result else f'< {result["below"]}x'
-    verdict = 'met' if _target_met(result, value) else 'NOT met'
-    return f'{result["name"]} = {value:.3f}x (issue target {goal}: {verdict})'
+    verdict = 'met' if _goal_met(result, value) else 'NOT met'
+    return f'{result["name"]} = {value:.3f}x (goal {goal}: {verdict})'
 
 
 def run_in_processes(argv: Sequence[str], runs: int) -> int:
-    """The whole benchmark in ``runs`` fresh processes one after another; then each target's ratio per run and
+    """The whole benchmark in ``runs`` fresh processes one after another; then each goal's ratio per run and
     the median over runs."""
     per_run = []
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(runs):
             print(f'# run {run + 1} of {runs} (a fresh process)', flush=True)
             out = os.path.join(tmp, f'run{run}.json')
-            command = [sys.executable, os.path.abspath(__file__), *argv, '--runs', '1', '--targets-out', out]
+            command = [sys.executable, '-m', 'benchmarks.bench_sk', *argv, '--runs', '1', '--goals-out', out]
             returncode = subprocess.run(command).returncode
             if returncode:
                 raise UserError(f'run {run + 1} of {runs} failed with exit code {returncode} (its output is above)')
@@ -437,18 +309,18 @@ def run_in_processes(argv: Sequence[str], runs: int) -> int:
                 per_run.append(json.load(f))
             print(flush=True)
     if per_run[0]:
-        print(f'## the issue\'s targets in {runs} runs (fresh processes): each run\'s ratio, and their median')
+        print(f'## the goals in {runs} runs (fresh processes): each run\'s ratio, and their median')
         print('\n'.join(summarise_runs(per_run)))
     return 0
 
 
 def summarise_runs(per_run: List[List[Dict[str, Any]]]) -> List[str]:
-    """One line per target: met or not by the median over runs, then every run's ratio."""
+    """One line per goal: met or not by the median over runs, then every run's ratio."""
     lines = []
     for i, result in enumerate(per_run[0]):
         values = [run[i]['value'] for run in per_run]
         listed = ', '.join(f'{v:.3f}' for v in values)
-        lines.append(f'{result["case"]}: {_describe_target(result, statistics.median(values))}; runs: {listed}')
+        lines.append(f'{result["case"]}: {_describe_goal(result, statistics.median(values))}; runs: {listed}')
     return lines
 
 

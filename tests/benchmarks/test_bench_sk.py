@@ -1,7 +1,4 @@
 """benchmarks/bench_sk.py's promises that do not need a timing run: model variants, errors, the summary of --runs."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -9,15 +6,12 @@ from torch import nn
 from timm_sknet.io.errors import UserError
 from timm_sknet.models.sk_conv import SKConv
 
-BENCH = Path(__file__).resolve().parents[2] / 'benchmarks' / 'bench_sk.py'
+from benchmarks import bench_sk
 
 
 @pytest.fixture(scope='module')
 def bench():
-    spec = importlib.util.spec_from_file_location('bench_sk', BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_sk
 
 
 def _sk_convs(model: nn.Module):
@@ -57,8 +51,8 @@ def test_runs_summary_judges_the_median_and_lists_every_run(bench):
 
     lines = bench.summarise_runs([run(1.49, 0.9), run(1.6, 1.1), run(1.52, 0.95)])
     assert lines == [
-        'eval b8 eager: a / b = 1.520x (issue target >= 1.5x: met); runs: 1.490, 1.600, 1.520',
-        'train b8 eager: peak tensor memory a / b = 0.950x (issue target < 1.0x: met); runs: 0.900, 1.100, 0.950',
+        'eval b8 eager: a / b = 1.520x (goal >= 1.5x: met); runs: 1.490, 1.600, 1.520',
+        'train b8 eager: peak tensor memory a / b = 0.950x (goal < 1.0x: met); runs: 0.900, 1.100, 0.950',
     ]
     assert 'NOT met' in bench.summarise_runs([run(1.49, 1.0)] * 2)[0]
     assert 'NOT met' in bench.summarise_runs([run(1.49, 1.0)] * 2)[1]
