@@ -1,8 +1,9 @@
-"""``timm-sknet attention``: the paper's kernel-selection analysis (Sec. 4.4, Figs. 3-4) written to files.
+"""``timm-sknet attention``: the paper's kernel-selection analysis (Sec. 4.4, Figs. 3-4) written to files; its
+command line is in ``commands.py``.
 
-Captures every SK unit's selection weights (``timm_sknet.analysis.attention``) on images enlarged by centre crop and resize,
-and writes units.csv, channels.csv, attention.json and the figures units.png and channels.png; with --per-class
-also classes.csv and classes.png.
+Captures every SK unit's selection weights (``timm_sknet.analysis.attention``) on images enlarged by centre crop
+and resize, and writes units.csv, channels.csv, attention.json and the figures units.png and channels.png; with
+--per-class also classes.csv and classes.png.
 """
 import argparse
 import csv
@@ -29,9 +30,7 @@ from ..io.synthetic import synthetic_images
 from ..weights.loading import create_model, create_model_with_weights
 from . import attention_plots
 
-__all__ = ['HELP', 'configure_parser', 'run']
-
-HELP = "capture SK selection weights; the paper's Figs. 3-4"
+__all__ = ['run']
 
 _OUTPUTS = ('units.csv', 'channels.csv', 'units.png', 'channels.png', 'attention.json')
 _CLASS_OUTPUTS = ('classes.csv', 'classes.png')
@@ -41,39 +40,10 @@ _STATISTIC_TEXT = ('per image and unit: mean over channels of (attention of the 
                    'smallest); mean_difference / std_difference: mean and population std over images')
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Capture the kernel-selection attention of every SK unit on images enlarged by centre crop and resize "
-        "(paper Sec. 4.4); write units.csv, channels.csv, attention.json and the Fig. 3 plots units.png and "
-        "channels.png; with --per-class also classes.csv and classes.png (Fig. 4).")
-    parser.add_argument('images', nargs='*', metavar='IMAGE',
-                        help='image files or folders (searched recursively); with --per-class one ImageFolder root')
-    parser.add_argument('--model', required=True, help=f"SK model: {', '.join(model_names())}")
-    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
-                        help='extra model arguments, e.g. kernel_size="(3, 5, 7)"')
-    parser.add_argument('--weights', type=Path, metavar='FILE.safetensors',
-                        help='state dict to load; without it the model keeps its random init (see --seed)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the random init and of --synthetic images')
-    parser.add_argument('--synthetic', type=int, default=0, metavar='N',
-                        help='analyse N generated pictures (a striped ellipse on a smooth background)')
-    parser.add_argument('--per-class', action='store_true',
-                        help='IMAGE is an ImageFolder root: also per-class differences (paper Fig. 4)')
-    parser.add_argument('--scales', type=float, nargs='+', default=[1.0, 1.5, 2.0], metavar='S',
-                        help='object enlargements, each >= 1 (default: 1.0 1.5 2.0)')
-    parser.add_argument('--img-size', type=int, help="input size (default: the model's pretrained_cfg)")
-    parser.add_argument('--crop-pct', type=float, help="eval crop fraction (default: the model's pretrained_cfg)")
-    parser.add_argument('--units', nargs='+', metavar='SK_S_U',
-                        help='units of channels.png and classes.png (default: the last unit of every stage)')
-    parser.add_argument('--channel-group', type=int, default=16, metavar='N',
-                        help='channels.png averages N successive channels, as the paper (default: 16)')
-    parser.add_argument('--batch-size', type=int, default=16, help='images per forward pass (each at every scale)')
-    parser.add_argument('--workers', type=int, default=2, help='image decoding processes (0: in this process)')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--out', type=Path, required=True, metavar='DIR', help='output folder (created if absent)')
-    parser.add_argument('--force', action='store_true', help='overwrite existing outputs in DIR')
-
-
 def _check_args(args: argparse.Namespace) -> None:
+    ParseKwargs(option_strings=[], dest='model_kwargs')(None, args, args.model_kwargs)  # KEY=VALUE -> dict
+    if args.device is None:
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.model.split('.')[0] not in model_names():
         raise UserError(f"{args.model!r} is not a timm_sknet SK model; use one of: {', '.join(model_names())}")
     for scale in args.scales:

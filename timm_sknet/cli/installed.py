@@ -1,18 +1,11 @@
-"""``timm-sknet installed``: what the local weights store holds, with each copy's provenance."""
+"""``timm-sknet installed``: what the local weights store holds, with each copy's provenance (its command line is
+in ``commands.py``)."""
 import argparse
 import os
 
 from ..weights.store import STORE_ENV, describe, installed_weights, store_dir
 
-__all__ = ['HELP', 'configure_parser', 'run']
-
-HELP = 'list the weights in the local store (what convert-caffe --install wrote)'
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """``timm-sknet installed`` takes no arguments: the store is ``$TIMM_SKNET_HOME`` or its default."""
-    parser.description = (f'{HELP}. The store is ${STORE_ENV} if set, else timm-sknet in $XDG_CACHE_HOME or '
-                          f'~/.cache; here: {store_dir()}')
+__all__ = ['run']
 
 
 def run(args: argparse.Namespace) -> int:

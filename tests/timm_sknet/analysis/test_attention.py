@@ -15,6 +15,7 @@ from timm.data import create_transform, resolve_data_config
 
 from timm_sknet.analysis.attention import capture_selection, sk_units, zoom_transform
 from timm_sknet.cli import attention as attention_cli  # importing timm_sknet registers the models
+from timm_sknet.cli.commands import ATTENTION
 from timm_sknet.io.errors import UserError
 from timm_sknet.io.files import sha256_file
 from timm_sknet.io.synthetic import synthetic_images
@@ -25,7 +26,7 @@ SCALES = (1.0, 1.5, 2.0)
 
 def _attention_cli(argv) -> int:
     parser = argparse.ArgumentParser()
-    attention_cli.configure_parser(parser)
+    ATTENTION.configure_parser(parser)
     return attention_cli.run(parser.parse_args([str(a) for a in argv]))
 
 
@@ -179,8 +180,9 @@ def test_cli_numbers_equal_a_direct_computation(tmp_path, image_dir, model_kwarg
     out = tmp_path / 'out'
     kwargs_args = ['--model-kwargs', 'kernel_size=(3,5,7)'] if model_kwargs else []
     assert _attention_cli([
-        image_dir, '--model', 'sk_resnet18', *kwargs_args, '--weights', weights_file, '--img-size', IMG_SIZE,
-        '--scales', *SCALES, '--workers', 0, '--batch-size', 8, '--units', 'SK_3_2', '--out', out]) == 0
+        '--model', 'sk_resnet18', *kwargs_args, '--weights', weights_file, '--img-size', IMG_SIZE,
+        '--scales', ','.join(map(str, SCALES)), '--workers', 0, '--batch-size', 8, '--units', 'SK_3_2', '--out', out,
+        image_dir]) == 0  # the positional after the list options is not swallowed
 
     images = [Image.open(p).convert('RGB') for p in sorted(image_dir.rglob('*.png'))]
     diffs, weights = _direct_differences('sk_resnet18', model_kwargs, trained, images)
@@ -215,7 +217,8 @@ def test_cli_numbers_equal_a_direct_computation(tmp_path, image_dir, model_kwarg
 def test_cli_per_class(tmp_path, image_dir):
     out = tmp_path / 'out'
     assert _attention_cli([
-        '--per-class', image_dir, '--model', 'sk_resnet18', '--img-size', IMG_SIZE, '--scales', *SCALES,
+        '--per-class', image_dir, '--model', 'sk_resnet18', '--img-size', IMG_SIZE,
+        '--scales', ','.join(map(str, SCALES)),
         '--workers', 0, '--out', out]) == 0
     torch.manual_seed(0)
     state_dict = timm.create_model('sk_resnet18').state_dict()  # the CLI's random init, seed 0
@@ -249,9 +252,9 @@ def _base_args(out):
     ([], 'no images given'),
     (['--synthetic', 1, '--model', 'nosuchnet'], 'not a timm_sknet SK model'),
     (['--synthetic', 1, '--model', 'resnet18'], 'not a timm_sknet SK model'),
-    (['--synthetic', 1, '--scales', 1.0, 0.5], 'not a zoom-in factor'),
+    (['--synthetic', 1, '--scales', '1.0,0.5'], 'not a zoom-in factor'),
     (['--synthetic', 1, '--scales', 'nan'], 'not a zoom-in factor'),
-    (['--synthetic', 1, '--scales', 1.0, 1.0], 'lists a scale twice'),
+    (['--synthetic', 1, '--scales', '1.0,1.0'], 'lists a scale twice'),
     (['--synthetic', 1, '--units', 'SK_9_9'], 'SK_9_9 not in sk_resnet18'),
     (['--synthetic', 1, '--batch-size', 0], '--batch-size must be at least 1'),
     (['--synthetic', 1, '--device', 'abacus'], 'not a torch device'),

@@ -166,7 +166,7 @@ def test_attention_cli(tmp_path, monkeypatch):
     """``timm-sknet attention`` on SK-ShuffleNetV2: every unit in units.csv, numbers as a direct capture gives."""
     out = tmp_path / 'out'
     assert run_cli(monkeypatch, 'attention', '--model', 'sk_shufflenetv2_050', '--synthetic', '3', '--img-size', '64',
-                   '--scales', '1.0', '2.0', '--workers', '0', '--units', 'SK_3_1_shortcut', '--out', str(out)) == 0
+                   '--scales', '1.0,2.0', '--workers', '0', '--units', 'SK_3_1_shortcut', '--out', str(out)) == 0
     torch.manual_seed(0)  # the CLI's random init: seed 0
     model = timm.create_model('sk_shufflenetv2_050').eval()
     data_config = resolve_data_config({'img_size': 64}, model=model)
