@@ -1,6 +1,7 @@
 """SK-ShuffleNetV2 0.5x / 1.0x: the plain form is torchvision's ShuffleNetV2, what SK adds, the SK units, the
 attention analysis on them and timm's model contract. The deploy form and plain-module checks of
-``sk_shufflenetv2_050``: test_deploy.py and test_plain_modules.py (FAMILY_MODELS)."""
+``sk_shufflenetv2_050``: test_deploy.py and test_plain_modules.py (FAMILY_MODELS); the five feature taps in every
+``features_only`` mode and form: test_backbones.py."""
 import csv
 import json
 
