@@ -411,6 +411,9 @@ def sknet101(pretrained: bool = False, **kwargs) -> SKNet:
 def sknet29_cifar(pretrained: bool = False, **kwargs) -> SKNet:
     """SKNet-29 for CIFAR (paper, Table 7): ResNeXt-29 16x32d trunk (one 3x3 stem conv, three stages of
     three bottlenecks, widths 512 / 1024 / 2048), SK[M=2, G=32, r=16, L=32]; 32x32 input. No timm equivalent.
+
+    Not a dense-prediction backbone: its stem keeps full resolution and its three stages reach stride 4, so it has
+    none of the stride 2-32 pyramid that segmentation_models_pytorch and transformers' TimmBackbone build on.
     """
     model_args = dict(
         layers=(3, 3, 3), channels=(64, 128, 256), cardinality=16, base_width=32, sk_groups=32,

@@ -92,10 +92,11 @@ class SKShuffleNetV2(nn.Module):
     fc -> BN -> ReLU -> fc over the pooled sum of the paths. ``sk_path_act=True`` gives SKNet's conv -> BN -> ReLU
     paths.
 
-    Feature taps (``features_only``, ``forward_intermediates``): the stem conv (stride 2, before the max pool, as
-    timm's ResNet) and each stage's output (strides 8, 16, 32). The final 1x1 conv is part of the final features
-    and belongs to the head when pruning, as in timm's RexNet / GhostNet; nothing is computed at stride 4 but a max
-    pool, so there is no tap there.
+    Feature taps (``features_only``, ``forward_intermediates``), timm's CNN pyramid at reductions 2, 4, 8, 16, 32:
+    the stem conv (before the max pool, as timm's ResNet), the stem's max pool and each stage's output. Dense
+    prediction decoders (segmentation_models_pytorch, transformers' ``TimmBackbone``) expect the stride-4 map even
+    where only a max pool computes it. The final 1x1 conv is no tap: it is part of the final features and goes
+    with the head when pruning, as the head conv of timm's EfficientNet / GhostNet.
 
     Args:
         stage_repeats: units per stage (ShuffleNetV2: 4, 8, 4).
@@ -154,7 +155,8 @@ class SKShuffleNetV2(nn.Module):
 
         self.stem = deploy.FusibleConvNormAct(in_chans, stem_chs, kernel_size=3, stride=2, **layers)
         self.stem_pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.feature_info = [dict(num_chs=stem_chs, reduction=2, module='stem')]
+        self.feature_info = [
+            dict(num_chs=stem_chs, reduction=2, module='stem'), dict(num_chs=stem_chs, reduction=4, module='stem_pool')]
         stages = []
         prev_chs, reduction = stem_chs, 4
         for i, (repeats, chs) in enumerate(zip(stage_repeats, stage_channels)):
@@ -209,21 +211,25 @@ class SKShuffleNetV2(nn.Module):
             output_fmt: str = 'NCHW',
             intermediates_only: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """The stem conv's output, then each stage's (``len(stages) + 1`` taps); ``norm`` has nothing to apply."""
+        """The stem conv's output, the max pool's, then each stage's (``len(stages) + 2`` taps); ``norm`` has
+        nothing to apply."""
         assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
         intermediates = []
-        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
+        # taps: 0 the stem conv, 1 its max pool, 2 onwards the stages
+        take_indices, max_index = feature_take_indices(len(self.stages) + 2, indices)
         x = self.stem(x)
         if 0 in take_indices:
             intermediates.append(x)
         x = self.stem_pool(x)
+        if 1 in take_indices:
+            intermediates.append(x)
         # the final conv follows the last tap and is part of the final features: it runs when the last stage does
-        run_all = torch.jit.is_scripting() or not stop_early or max_index == len(self.stages)
+        run_all = torch.jit.is_scripting() or not stop_early or max_index == len(self.stages) + 1
         if torch.jit.is_scripting() or run_all:  # TorchScript cannot slice by a variable, and never stops early
             stages = self.stages
         else:
-            stages = self.stages[:max_index]
-        for feat_idx, stage in enumerate(stages, start=1):
+            stages = self.stages[:max(max_index - 1, 0)]
+        for feat_idx, stage in enumerate(stages, start=2):
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint_seq(stage, x)
             else:
@@ -243,11 +249,11 @@ class SKShuffleNetV2(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the stages after the last requested tap; the final conv goes with them, or with the head."""
-        num_taps = len(self.stages) + 1
+        num_taps = len(self.stages) + 2  # the stem conv, its max pool, then every stage
         take_indices, max_index = feature_take_indices(num_taps, indices)
         if not (prune_norm or prune_head or max_index < num_taps - 1):
             return take_indices
-        self.stages = self.stages[:max_index]
+        self.stages = self.stages[:max(max_index - 1, 0)]
         if max_index == 0:
             self.stem_pool = nn.Identity()  # the stem tap is taken before it
         self.final_conv = nn.Identity()
@@ -298,7 +304,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 
 def _create_sk_shufflenet(variant: str, pretrained: bool = False, **kwargs) -> SKShuffleNetV2:
-    num_taps = len(kwargs.get('stage_repeats', (4, 8, 4))) + 1  # the stem, then every stage
+    num_taps = len(kwargs.get('stage_repeats', (4, 8, 4))) + 2  # the stem conv, its max pool, then every stage
     return build_model_with_store(
         SKShuffleNetV2, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(num_taps))), **kwargs)

@@ -1,6 +1,7 @@
 """SK-ShuffleNetV2 0.5x / 1.0x: the plain form is torchvision's ShuffleNetV2, what SK adds, the SK units, the
 attention analysis on them and timm's model contract. The deploy form and plain-module checks of
-``sk_shufflenetv2_050``: test_deploy.py and test_plain_modules.py (FAMILY_MODELS)."""
+``sk_shufflenetv2_050``: test_deploy.py and test_plain_modules.py (FAMILY_MODELS); the five feature taps in every
+``features_only`` mode and form: test_backbones.py."""
 import csv
 import json
 
@@ -26,7 +27,8 @@ BASELINES = {
     'sk_shufflenetv2_050': ('shufflenet_v2_x0_5', 1_366_792, 40.5e6),
     'sk_shufflenetv2_100': ('shufflenet_v2_x1_0', 2_278_604, 144.9e6),
 }
-STAGE_WIDTHS = {'sk_shufflenetv2_050': [24, 48, 96, 192], 'sk_shufflenetv2_100': [24, 116, 232, 464]}
+# the five feature taps: the stem conv, its max pool, the three stages
+TAP_WIDTHS = {'sk_shufflenetv2_050': [24, 24, 48, 96, 192], 'sk_shufflenetv2_100': [24, 24, 116, 232, 464]}
 
 
 def _params_and_macs(model: nn.Module, size: int = 224):
@@ -188,17 +190,6 @@ def test_attention_cli(tmp_path, monkeypatch):
         assert {r['unit'] for r in csv.DictReader(f)} == {'SK_3_1_shortcut'}
 
 
-@pytest.mark.parametrize('feature_cls', [None, 'hook', 'fx', 'getter'])
-def test_features_only(feature_cls):
-    kwargs = {} if feature_cls is None else {'feature_cls': feature_cls}
-    model = timm.create_model('sk_shufflenetv2_050', features_only=True, **kwargs).eval()
-    assert model.feature_info.channels() == STAGE_WIDTHS['sk_shufflenetv2_050']
-    assert model.feature_info.reduction() == [2, 8, 16, 32]
-    with torch.no_grad():
-        feats = model(torch.randn(1, 3, 64, 64))
-    assert [(f.shape[1], 64 // f.shape[-1]) for f in feats] == [(24, 2), (48, 8), (96, 16), (192, 32)]
-
-
 @pytest.mark.parametrize('name', sorted(BASELINES))
 def test_forward_intermediates_and_pruning(name):
     model = timm.create_model(name).eval()
@@ -206,15 +197,15 @@ def test_forward_intermediates_and_pruning(name):
     with torch.no_grad():
         final, taps = model.forward_intermediates(x)
         assert torch.equal(final, model.forward_features(x)) and final.shape[1] == 1024
-        assert [t.shape[1] for t in taps] == STAGE_WIDTHS[name]
-        early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
-        assert torch.equal(early[0], taps[1])
+        assert [t.shape[1] for t in taps] == TAP_WIDTHS[name]
+        early = model.forward_intermediates(x, indices=[2], stop_early=True, intermediates_only=True)
+        assert torch.equal(early[0], taps[2])
         pruned = timm.create_model(name).eval()
         pruned.load_state_dict(model.state_dict())
-        assert pruned.prune_intermediate_layers([0, 2]) == [0, 2]
+        assert pruned.prune_intermediate_layers([0, 3]) == [0, 3]
         assert len(pruned.stages) == 2 and isinstance(pruned.final_conv, nn.Identity)
-        assert torch.equal(pruned.forward_features(x), taps[2])
-        assert pruned(x).shape == (2, STAGE_WIDTHS[name][2], 4, 4)  # no head left: unpooled features
+        assert torch.equal(pruned.forward_features(x), taps[3])
+        assert pruned(x).shape == (2, TAP_WIDTHS[name][3], 4, 4)  # no head left: unpooled features
 
 
 def test_grad_checkpointing_reset_classifier_and_group_matcher():
