@@ -36,10 +36,10 @@ def _check_int(what: str, value: Any, minimum: int) -> None:
         raise ValueError(f'{what} must be >= {minimum}, got {value}')
 
 
-def _check_kernel(name: str, kernel: Any) -> None:
-    _check_int(f'{name} kernel size', kernel, 3)
+def _check_kernel(what: str, kernel: Any) -> None:
+    _check_int(what, kernel, 3)
     if kernel % 2 == 0:
-        raise ValueError(f'{name} kernel sizes must be odd (centred paths), got {kernel}')
+        raise ValueError(f'{what} must be odd (a centred path), got {kernel}')
 
 
 def _check_sk_paths(sk_paths: Any) -> Tuple[SKPath, ...]:
@@ -50,7 +50,7 @@ def _check_sk_paths(sk_paths: Any) -> Tuple[SKPath, ...]:
         if not isinstance(path, (tuple, list)) or len(path) != 3:
             raise TypeError(f'each sk_paths entry is (kernel, dilation, groups), got {path!r}')
         kernel, dilation, groups = path
-        _check_kernel('sk_paths', kernel)
+        _check_kernel(f'the kernel of sk_paths entry {tuple(path)}', kernel)
         _check_int(f'the dilation of sk_paths entry {tuple(path)}', dilation, 1)
         if groups is not None:
             _check_int(f"the groups of sk_paths entry {tuple(path)} (None: the unit's own)", groups, 1)
@@ -63,7 +63,7 @@ def _kernel_sizes(kernel_size: Any) -> Tuple[int, ...]:
     if not isinstance(kernels, (tuple, list)) or not kernels:
         raise TypeError(f'kernel_size takes an int or a non-empty tuple of ints (one per path), got {kernel_size!r}')
     for kernel in kernels:
-        _check_kernel('kernel_size', kernel)
+        _check_kernel('each kernel_size entry', kernel)
     return tuple(kernels)
 
 
