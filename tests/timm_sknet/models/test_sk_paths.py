@@ -244,3 +244,18 @@ def test_skconv_refuses_groups_that_contradict_its_paths():
     sk = SKConv(64, 64, sk_paths=((3, 1, None), (3, 2, 32)), default_groups=4, dilation=2)
     assert [(p.conv.dilation, p.conv.padding, p.conv.groups) for p in sk.paths] == \
         [((2, 2), (2, 2), 4), ((4, 4), (4, 4), 32)]
+
+
+# The README's call for timm's (untrained) skresnet50, the geometry lucid's sk_resnet_50 config names
+TIMM_SKRESNET50_CALL = dict(sk_paths=((3, 1, 1), (3, 2, 1)), split_input=True, sk_min_attn_channels=8)
+
+
+def test_timm_skresnet50_is_a_call_of_sk_resnet50():
+    torch.manual_seed(0)
+    reference = timm.create_model('skresnet50').eval()
+    randomize_norms(reference)
+    ours = timm.create_model('sk_resnet50', **TIMM_SKRESNET50_CALL).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _assert_close(ours(x), reference(x), 'sk_resnet50 call against timm skresnet50')
