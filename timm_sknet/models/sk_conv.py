@@ -98,22 +98,21 @@ def resolve_sk_paths(
             (3, (k - 1) // 2, groups) if dilate else (k, 1, groups) for k in (kernels or (3, 5)))
 
     paths = _check_sk_paths(sk_paths)
-    shown = tuple(paths)
     if kernels is not None and kernels != tuple(effective_kernel_size(k, d) for k, d, _ in paths):
         raise ValueError(
-            f'kernel_size={kernel_size!r} contradicts sk_paths={shown} (effective kernel sizes '
+            f'kernel_size={kernel_size!r} contradicts sk_paths={paths} (effective kernel sizes '
             f'{tuple(effective_kernel_size(k, d) for k, d, _ in paths)}); give sk_paths alone')
     if dilate_large_kernels and any(k != 3 for k, _, _ in paths):
         raise ValueError(
-            f'dilate_large_kernels=True contradicts sk_paths={shown}, which has kernels other than 3x3; '
+            f'dilate_large_kernels=True contradicts sk_paths={paths}, which has kernels other than 3x3; '
             'give sk_paths alone')
     if dilate_large_kernels is False and any(d != 1 for _, d, _ in paths):
         raise ValueError(
-            f'dilate_large_kernels=False contradicts sk_paths={shown}, which has dilated paths; give sk_paths alone')
+            f'dilate_large_kernels=False contradicts sk_paths={paths}, which has dilated paths; give sk_paths alone')
     if groups is not None:
         if any(g not in (None, groups) for _, _, g in paths):
             raise ValueError(
-                f'{groups_keyword}={groups} contradicts the groups of sk_paths={shown}; give sk_paths alone')
+                f'{groups_keyword}={groups} contradicts the groups of sk_paths={paths}; give sk_paths alone')
         paths = tuple((k, d, groups) for k, d, _ in paths)
     return paths
 
@@ -121,14 +120,15 @@ def resolve_sk_paths(
 def sk_attn_channels(channels: int, rd_ratio: float = 1. / 16, min_channels: int = 32) -> int:
     """Width d of the fuse fc: the paper's d = max(C / r, L) (PyTorchInsight's unit: C // 16, no L)."""
     if isinstance(rd_ratio, bool) or not isinstance(rd_ratio, (int, float)):
-        raise TypeError(f'the attention ratio 1/r must be a number, got {rd_ratio!r}')
+        raise TypeError(f'the attention ratio 1/r (sk_rd_ratio) must be a number, got {rd_ratio!r}')
     if not rd_ratio > 0:
-        raise ValueError(f'the attention ratio 1/r must be > 0, got {rd_ratio!r}')
-    _check_int('the minimum attention width L', min_channels, 0)
+        raise ValueError(f'the attention ratio 1/r (sk_rd_ratio) must be > 0, got {rd_ratio!r}')
+    _check_int('the minimum attention width L (sk_min_attn_channels)', min_channels, 0)
     width = max(int(channels * rd_ratio), min_channels)
     if width < 1:
         raise ValueError(
-            f'the attention width max({channels} * {rd_ratio}, {min_channels}) is 0; raise the ratio or the minimum')
+            f'the attention width max({channels} * {rd_ratio}, {min_channels}) is 0; '
+            'raise sk_rd_ratio or sk_min_attn_channels')
     return width
 
 
@@ -244,7 +244,7 @@ class SKConv(nn.Module):
         if attention and self.num_paths > 1:
             if attn_channels is None:
                 attn_channels = sk_attn_channels(out_channels, rd_ratio, min_attn_channels)
-            _check_int('attn_channels', attn_channels, 1)
+            _check_int('the attention width (sk_attn_channels)', attn_channels, 1)
             self.attn = SKAttention(out_channels, self.num_paths, attn_channels, act_layer, norm_layer, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
