@@ -17,7 +17,8 @@ from torch import nn
 
 from .deploy import FusibleConvNormAct, fuse_conv_bn, has_running_stats
 
-__all__ = ['SKAttention', 'SKConv', 'SKPath', 'effective_kernel_size', 'resolve_sk_paths', 'sk_attn_channels']
+__all__ = [
+    'SKAttention', 'SKConv', 'SKPath', 'check_flag', 'effective_kernel_size', 'resolve_sk_paths', 'sk_attn_channels']
 
 
 # One SK path: (kernel, dilation, groups). groups None: the unit's own (SK-ResNeXt: its cardinality; SK-ShuffleNetV2:
@@ -34,6 +35,12 @@ def _check_int(what: str, value: Any, minimum: int) -> None:
         raise TypeError(f'{what} must be an int, got {value!r}')
     if value < minimum:
         raise ValueError(f'{what} must be >= {minimum}, got {value}')
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Refuse a non-bool where a keyword takes True or False (a tuple would otherwise read as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} takes True or False, got {value!r}')
 
 
 def _check_kernel(what: str, kernel: Any) -> None:
@@ -87,8 +94,8 @@ def resolve_sk_paths(
     "no dilation", one ``groups`` for all); one that does not, or a value of a type the keyword does not take, is
     refused. Groups left None stay None: the unit fills in its own.
     """
-    if dilate_large_kernels is not None and not isinstance(dilate_large_kernels, bool):
-        raise TypeError(f'dilate_large_kernels takes True or False, got {dilate_large_kernels!r}')
+    if dilate_large_kernels is not None:
+        check_flag('dilate_large_kernels', dilate_large_kernels)
     if groups is not None:
         _check_int(f'{groups_keyword} (one value for every path; per-path groups go in sk_paths)', groups, 1)
     kernels = None if kernel_size is None else _kernel_sizes(kernel_size)
@@ -217,8 +224,7 @@ class SKConv(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         for name, flag in (('attention', attention), ('split_input', split_input), ('path_act', path_act)):
-            if not isinstance(flag, bool):
-                raise TypeError(f'{name} takes True or False, got {flag!r}')
+            check_flag(name, flag)
         paths = resolve_sk_paths(sk_paths, kernel_size, dilate_large_kernels, groups)
         paths = tuple((k, d, default_groups if g is None else g) for k, d, g in paths)
         self.num_paths = len(paths)
