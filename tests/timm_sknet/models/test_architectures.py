@@ -108,8 +108,8 @@ def test_plain_sum_and_true_large_kernels():
 
 def test_sk_resnet_configuration_knobs():
     model = timm.create_model(
-        'sk_resnet18', block='bottleneck', layers=(1, 1, 1, 1), kernel_size=(3, 5, 7), num_classes=7, in_chans=1,
-        stem_type='deep', stem_width=16).eval()
+        'sk_resnet18', block='bottleneck', layers=(1, 1, 1, 1), kernel_size=(3, 5, 7), split_input=False,
+        num_classes=7, in_chans=1, stem_type='deep', stem_width=16).eval()
     assert isinstance(model.conv1, nn.Sequential) and model.conv1[0].in_channels == 1
     assert model.conv1[0].out_channels == 16
     assert [len(s) for s in (model.layer1, model.layer2, model.layer3, model.layer4)] == [1, 1, 1, 1]
@@ -155,22 +155,6 @@ def test_pretrained_load_adapts_in_chans_and_num_classes(tmp_path):
     assert torch.allclose(model.conv1.weight, source.conv1.weight.sum(dim=1, keepdim=True))
     assert torch.equal(model.layer3[1].conv2.attn.fc_select.weight, source.layer3[1].conv2.attn.fc_select.weight)
     assert model.fc.out_features == 10
-
-
-def test_timm_skresnext_checkpoint_loads_into_sk_resnext50():
-    """timm's skresnext50_32x4d (ra_in1k) weights load strictly here and compute the same function."""
-    torch.manual_seed(0)
-    reference = timm.create_model('skresnext50_32x4d').eval()
-    for m in reference.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2)
-    ours = timm.create_model('sk_resnext50_32x4d').eval()
-    ours.load_state_dict(reference.state_dict(), strict=True)
-    x = torch.randn(2, 3, 96, 96)
-    with torch.no_grad():
-        expected, got = reference(x), ours(x)
-    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
 def test_features_only_and_intermediates_give_five_stages():
