@@ -71,10 +71,7 @@ def main() -> None:
     def _main() -> int:
         parser = argparse.ArgumentParser(prog='convert-caffe', description=__doc__.split('\n')[0])
         configure_parser(parser)
-        try:
-            return run(parser.parse_args())
-        except UserError as e:  # names read from a damaged file may hold control characters: one line all the same
-            raise UserError(''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))) from None
+        return run(parser.parse_args())
 
     run_cli('convert-caffe', _main)
 
