@@ -59,17 +59,15 @@ class SKBottleneck(nn.Module):
     ):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
-        sk_kwargs = dict(sk_kwargs or {})
-        groups = sk_kwargs.pop('groups', None) or cardinality
         width = int(planes * (base_width / 64)) * cardinality
         first_planes = width // reduce_first
         outplanes = planes * self.expansion
         self.conv1 = deploy.FusibleConvNormAct(
             inplanes, first_planes, kernel_size=1, act_layer=act_layer, norm_layer=norm_layer, **dd)
         self.conv2 = sk_conv.SKConv(
-            first_planes, width, stride=stride, dilation=first_dilation or dilation, groups=groups,
+            first_planes, width, stride=stride, dilation=first_dilation or dilation, default_groups=cardinality,
             act_layer=act_layer, norm_layer=norm_layer, aa_layer=aa_layer, drop_layer=drop_block,
-            **sk_kwargs, **dd)
+            **(sk_kwargs or {}), **dd)
         self.conv3 = deploy.FusibleConvNormAct(
             width, outplanes, kernel_size=1, apply_act=False, act_layer=act_layer, norm_layer=norm_layer, **dd)
         self.se = create_attn(attn_layer, outplanes, **dd)
@@ -127,13 +125,11 @@ class SKBasicBlock(nn.Module):
         super().__init__()
         if cardinality != 1 or base_width != 64:
             raise ValueError("SKBasicBlock supports only cardinality=1 and base_width=64; use block='bottleneck'")
-        sk_kwargs = dict(sk_kwargs or {})
-        groups = sk_kwargs.pop('groups', None) or 1
         first_planes = planes // reduce_first
         self.conv1 = sk_conv.SKConv(
-            inplanes, first_planes, stride=stride, dilation=first_dilation or dilation, groups=groups,
+            inplanes, first_planes, stride=stride, dilation=first_dilation or dilation,
             act_layer=act_layer, norm_layer=norm_layer, aa_layer=aa_layer, drop_layer=drop_block,
-            **sk_kwargs, **dd)
+            **(sk_kwargs or {}), **dd)
         self.conv2 = deploy.FusibleConvNormAct(
             first_planes, planes, kernel_size=3, padding=dilation, dilation=dilation, apply_act=False,
             act_layer=act_layer, norm_layer=norm_layer, **dd)
@@ -175,10 +171,13 @@ class SKNet(ResNet):
     base_width, stem_width, avg_down, drop_rate, drop_path_rate, drop_block_rate, zero_init_last, ...):
         layers: units per stage (3 or 4 stages).
         block: 'bottleneck' or 'basic'.
-        kernel_size: kernel size of each SK path; M = len(kernel_size).
+        sk_paths: ``(kernel, dilation, groups)`` of each SK path, M = len(sk_paths); groups None: the
+            cardinality. Default ((3, 1, None), (3, 2, None)), the release's 3x3 and "5x5" (3x3 dilation 2).
+        kernel_size: kernel size of each SK path instead of sk_paths (a contradicting pair is refused).
         sk_attention: softmax selection (True) or the paper's plain-sum baseline (False).
         sk_groups: groups of every path (default: cardinality).
         sk_attn_channels: explicit fuse width d per stage (default max(C * sk_rd_ratio, sk_min_attn_channels)).
+        sk_rd_ratio, sk_min_attn_channels: the fuse width rule, 1/r and L (0: no minimum).
         dilate_large_kernels: realise K > 3 as a 3x3 with dilation (K - 1) / 2 (the release) or as true K x K.
         split_input: give each path 1/M of the input channels (timm ``skresnet*`` style).
         stem_type: '' (7x7), 'deep', 'deep_tiered' (timm's) or 'cifar' (one 3x3 stride-1 conv, no pool).
@@ -191,13 +190,14 @@ class SKNet(ResNet):
             layers: Sequence[int],
             block: str = 'bottleneck',
             channels: Optional[Sequence[int]] = None,
-            kernel_size: Sequence[int] = (3, 5),
+            sk_paths: Optional[Sequence[Sequence[Optional[int]]]] = None,
+            kernel_size: Optional[Union[int, Sequence[int]]] = None,
             sk_attention: bool = True,
             sk_groups: Optional[int] = None,
             sk_attn_channels: Optional[Sequence[int]] = None,
             sk_rd_ratio: float = 1. / 16,
             sk_min_attn_channels: int = 32,
-            dilate_large_kernels: bool = True,
+            dilate_large_kernels: Optional[bool] = None,
             split_input: bool = False,
             stem_type: str = '',
             stem_pool: str = 'max',
@@ -214,16 +214,21 @@ class SKNet(ResNet):
         if num_stages not in (3, 4):
             raise ValueError(f'SKNet has 3 or 4 stages, got layers={list(layers)}')
         channels = tuple(channels or (64, 128, 256, 512)[:num_stages])
+        if sk_attn_channels is not None and not isinstance(sk_attn_channels, (tuple, list)):
+            raise TypeError(f'sk_attn_channels takes one width per stage, got {sk_attn_channels!r}')
         attn_widths = tuple(sk_attn_channels) if sk_attn_channels else (None,) * num_stages
         if len(channels) != num_stages or len(attn_widths) != num_stages:
             raise ValueError('layers, channels and sk_attn_channels need one entry per stage')
         cifar_stem = stem_type == 'cifar'
         if cifar_stem and kwargs.get('output_stride', 32) != 32:
             raise ValueError('the CIFAR stem supports output_stride=32 only')
+        for name, flag in (('sk_attention', sk_attention), ('split_input', split_input)):
+            if not isinstance(flag, bool):
+                raise TypeError(f'{name} takes True or False, got {flag!r}')
         sk_common = dict(
-            kernel_size=tuple(kernel_size), attention=sk_attention, rd_ratio=sk_rd_ratio,
-            min_attn_channels=sk_min_attn_channels, dilate_large_kernels=dilate_large_kernels,
-            split_input=split_input, groups=sk_groups)
+            sk_paths=sk_conv.resolve_sk_paths(sk_paths, kernel_size, dilate_large_kernels, sk_groups, 'sk_groups'),
+            attention=sk_attention, rd_ratio=sk_rd_ratio, min_attn_channels=sk_min_attn_channels,
+            split_input=split_input)
         if bn_momentum is not None or bn_eps is not None:
             norm_overrides = {k: v for k, v in (('momentum', bn_momentum), ('eps', bn_eps)) if v is not None}
             kwargs['norm_layer'] = partial(get_norm_layer(kwargs.get('norm_layer', nn.BatchNorm2d)), **norm_overrides)
@@ -355,6 +360,13 @@ def _caffe_cfg(model_name_tag: str, **kwargs) -> Dict[str, Any]:
         license='other', **kwargs)
 
 
+def _pytorchinsight_cfg(model_name_tag: str) -> Dict[str, Any]:
+    # the authors' PyTorch evaluation (torchvision): resize 256, centre crop 224, bilinear, ImageNet mean / std;
+    # their repository has no licence
+    return _cfg(**hub_source(model_name_tag), interpolation='bilinear', crop_pct=0.875, crop_mode='center',
+                license='other')
+
+
 default_cfgs = generate_default_cfgs({
     'sknet26.untrained': _cfg(),
     'sknet50.caffe_in1k': _caffe_cfg('sknet50.caffe_in1k'),
@@ -366,14 +378,21 @@ default_cfgs = generate_default_cfgs({
     'sk_resnext50_32x4d.ra_in1k': get_pretrained_cfg('skresnext50_32x4d.ra_in1k'),
     'sk_resnext101_32x4d.untrained': _cfg(),
     'sk_resnext101_32x8d.untrained': _cfg(),
-    'sk_resnet18.untrained': _cfg(),
-    'sk_resnet34.untrained': _cfg(),
-    'sk_resnet50.untrained': _cfg(),
-    'sk_resnet101.untrained': _cfg(),
+    # timm's own trained weights (timm/skresnet18.ra_in1k, timm/skresnet34.ra_in1k): same graph and names
+    'sk_resnet18.ra_in1k': get_pretrained_cfg('skresnet18.ra_in1k'),
+    'sk_resnet34.ra_in1k': get_pretrained_cfg('skresnet34.ra_in1k'),
+    'sk_resnet50.pytorchinsight_in1k': _pytorchinsight_cfg('sk_resnet50.pytorchinsight_in1k'),
+    'sk_resnet101.pytorchinsight_in1k': _pytorchinsight_cfg('sk_resnet101.pytorchinsight_in1k'),
 })
 
 # The released SKNets: ResNeXt 32x4d, SK[M=2 (3x3, 3x3 dilation 2), G=32, r=16, L=32], Caffe stem pool.
-_RELEASE_ARGS = dict(cardinality=32, base_width=4, kernel_size=(3, 5), stem_pool='caffe_ceil')
+_RELEASE_ARGS = dict(cardinality=32, base_width=4, stem_pool='caffe_ceil')
+
+
+# timm's skresnet18 / skresnet34: each path sees half the input channels, fuse width max(C / 8, 16).
+_TIMM_SKRESNET_ARGS = dict(split_input=True, sk_rd_ratio=1 / 8, sk_min_attn_channels=16, zero_init_last=False)
+# The SKNet authors' PyTorch SK-ResNet unit: full-width 3x3 dense + 3x3 G32 paths, fuse width C // 16, no minimum.
+_PYTORCHINSIGHT_ARGS = dict(sk_paths=((3, 1, 1), (3, 1, 32)), sk_rd_ratio=1 / 16, sk_min_attn_channels=0)
 
 
 @register_model
@@ -444,30 +463,36 @@ def sk_resnext101_32x8d(pretrained: bool = False, **kwargs) -> SKNet:
 
 @register_model
 def sk_resnet18(pretrained: bool = False, **kwargs) -> SKNet:
-    """SK-ResNet-18: basic blocks whose first 3x3 is an SK conv over the full input (paper's SK, no groups).
+    """SK-ResNet-18, timm's ``skresnet18``: basic blocks whose first 3x3 is an SK conv (3x3 and 3x3 dilation 2)
+    fed half the input channels per path, fuse width max(C / 8, 16). timm's ``ra_in1k`` weights load here.
 
-    Unlike timm's ``skresnet18`` the paths are not fed split inputs (pass ``split_input=True`` for that).
+    The paper's SK over the full input (no checkpoint exists): ``split_input=False, sk_rd_ratio=1/16,
+    sk_min_attn_channels=32``.
     """
-    model_args = dict(block='basic', layers=(2, 2, 2, 2))
+    model_args = dict(block='basic', layers=(2, 2, 2, 2), **_TIMM_SKRESNET_ARGS)
     return _create_sknet('sk_resnet18', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sk_resnet34(pretrained: bool = False, **kwargs) -> SKNet:
-    """SK-ResNet-34: basic blocks, SK over the full input, no groups (cf. timm's split-input ``skresnet34``)."""
-    model_args = dict(block='basic', layers=(3, 4, 6, 3))
+    """SK-ResNet-34, timm's ``skresnet34`` (split input, fuse width max(C / 8, 16)); its ``ra_in1k`` weights load."""
+    model_args = dict(block='basic', layers=(3, 4, 6, 3), **_TIMM_SKRESNET_ARGS)
     return _create_sknet('sk_resnet34', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sk_resnet50(pretrained: bool = False, **kwargs) -> SKNet:
-    """SK-ResNet-50: bottlenecks, ungrouped SK paths over the full input (cf. timm's split-input ``skresnet50``)."""
-    model_args = dict(layers=(3, 4, 6, 3))
+    """SK-ResNet-50 of the SKNet authors' PyTorch release (PyTorchInsight ``resnet_sk.py``, 26.15M parameters).
+
+    Each bottleneck's 3x3 becomes two 3x3 paths on the full width, one dense and one with 32 groups; fuse width
+    C // 16 with no minimum.
+    """
+    model_args = dict(layers=(3, 4, 6, 3), **_PYTORCHINSIGHT_ARGS)
     return _create_sknet('sk_resnet50', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sk_resnet101(pretrained: bool = False, **kwargs) -> SKNet:
-    """SK-ResNet-101: bottlenecks, ungrouped SK paths over the full input. No timm equivalent."""
-    model_args = dict(layers=(3, 4, 23, 3))
+    """SK-ResNet-101 of the SKNet authors' PyTorch release (PyTorchInsight ``resnet_sk.py``, 45.68M parameters)."""
+    model_args = dict(layers=(3, 4, 23, 3), **_PYTORCHINSIGHT_ARGS)
     return _create_sknet('sk_resnet101', pretrained, **dict(model_args, **kwargs))

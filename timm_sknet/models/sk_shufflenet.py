@@ -36,7 +36,7 @@ class SKShuffleShortcut(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.conv_dw = sk_conv.SKConv(
-            in_chs, in_chs, stride=stride, groups=in_chs, act_layer=act_layer, norm_layer=norm_layer,
+            in_chs, in_chs, stride=stride, default_groups=in_chs, act_layer=act_layer, norm_layer=norm_layer,
             **sk_kwargs, **dd)
         self.conv_pw = deploy.FusibleConvNormAct(
             in_chs, out_chs, kernel_size=1, act_layer=act_layer, norm_layer=norm_layer, **dd)
@@ -64,7 +64,8 @@ class SKShuffleUnit(nn.Module):
         layers = dict(act_layer=act_layer, norm_layer=norm_layer, **dd)
         self.shortcut = SKShuffleShortcut(in_chs, branch_chs, stride, sk_kwargs, **layers) if stride > 1 else None
         self.conv_pw = deploy.FusibleConvNormAct(in_chs if stride > 1 else branch_chs, branch_chs, 1, **layers)
-        self.conv_dw = sk_conv.SKConv(branch_chs, branch_chs, stride=stride, groups=branch_chs, **sk_kwargs, **layers)
+        self.conv_dw = sk_conv.SKConv(
+            branch_chs, branch_chs, stride=stride, default_groups=branch_chs, **sk_kwargs, **layers)
         self.conv_pwl = deploy.FusibleConvNormAct(branch_chs, branch_chs, 1, **layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +103,9 @@ class SKShuffleNetV2(nn.Module):
         stage_channels: output width of each stage.
         stem_chs: width of the 3x3 stride-2 stem conv.
         final_chs: width of the final 1x1 conv (the pooled features).
-        kernel_size: kernel size of each SK path; M = len(kernel_size); (3,) is ShuffleNetV2's single 3x3.
+        sk_paths: ``(kernel, dilation, groups)`` of each SK path, M = len(sk_paths); groups None: depthwise (the
+            unit's channels). Default ((3, 1, None), (3, 2, None)).
+        kernel_size: kernel size of each SK path instead of sk_paths; (3,) is ShuffleNetV2's single 3x3.
         sk_attention: softmax selection (True) or the paper's plain-sum baseline (False).
         sk_rd_ratio, sk_min_attn_channels: fuse width d = max(C * sk_rd_ratio, sk_min_attn_channels) (1/r and L).
         dilate_large_kernels: realise K > 3 as a 3x3 with dilation (K - 1) / 2 (SKNet's release) or as true K x K.
@@ -117,11 +120,12 @@ class SKShuffleNetV2(nn.Module):
             stage_channels: Sequence[int] = (116, 232, 464),
             stem_chs: int = 24,
             final_chs: int = 1024,
-            kernel_size: Sequence[int] = (3, 5),
+            sk_paths: Optional[Sequence[Sequence[Optional[int]]]] = None,
+            kernel_size: Optional[Union[int, Sequence[int]]] = None,
             sk_attention: bool = True,
             sk_rd_ratio: float = 1. / 16,
             sk_min_attn_channels: int = 32,
-            dilate_large_kernels: bool = True,
+            dilate_large_kernels: Optional[bool] = None,
             sk_path_act: bool = False,
             num_classes: int = 1000,
             in_chans: int = 3,
@@ -148,9 +152,12 @@ class SKShuffleNetV2(nn.Module):
         if norm_overrides:
             norm_layer = partial(norm_layer, **norm_overrides)
         layers = dict(act_layer=act_layer, norm_layer=norm_layer, **dd)
+        for name, flag in (('sk_attention', sk_attention), ('sk_path_act', sk_path_act)):
+            if not isinstance(flag, bool):
+                raise TypeError(f'{name} takes True or False, got {flag!r}')
         sk_kwargs = dict(
-            kernel_size=tuple(kernel_size), attention=sk_attention, rd_ratio=sk_rd_ratio,
-            min_attn_channels=sk_min_attn_channels, dilate_large_kernels=dilate_large_kernels, path_act=sk_path_act)
+            sk_paths=sk_conv.resolve_sk_paths(sk_paths, kernel_size, dilate_large_kernels), attention=sk_attention,
+            rd_ratio=sk_rd_ratio, min_attn_channels=sk_min_attn_channels, path_act=sk_path_act)
 
         self.stem = deploy.FusibleConvNormAct(in_chans, stem_chs, kernel_size=3, stride=2, **layers)
         self.stem_pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)

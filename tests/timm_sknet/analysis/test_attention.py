@@ -68,7 +68,7 @@ def test_unit_names_follow_the_papers_stage_numbering():
 
 @pytest.mark.parametrize('model_name, kwargs, num_paths', [
     ('sk_resnet18', {}, 2),
-    ('sk_resnet18', {'kernel_size': (3, 5, 7)}, 3),
+    ('sk_resnet18', {'kernel_size': (3, 5, 7), 'split_input': False}, 3),
     ('sknet26', {}, 2),
 ])
 def test_capture_sums_to_one_and_leaves_outputs_unchanged(model_name, kwargs, num_paths):
@@ -170,14 +170,14 @@ def _direct_differences(model_name, model_kwargs, state_dict, images):
     return diffs, weights
 
 
-@pytest.mark.parametrize('model_kwargs', [{}, {'kernel_size': (3, 5, 7)}])
+@pytest.mark.parametrize('model_kwargs', [{}, {'kernel_size': (3, 5, 7), 'split_input': False}])
 def test_cli_numbers_equal_a_direct_computation(tmp_path, image_dir, model_kwargs):
     torch.manual_seed(123)
     trained = timm.create_model('sk_resnet18', **model_kwargs).state_dict()
     weights_file = tmp_path / 'w.safetensors'
     save_file(trained, weights_file)
     out = tmp_path / 'out'
-    kwargs_args = ['--model-kwargs', 'kernel_size=(3,5,7)'] if model_kwargs else []
+    kwargs_args = ['--model-kwargs', 'kernel_size=(3,5,7)', 'split_input=False'] if model_kwargs else []
     assert _attention_cli([
         image_dir, '--model', 'sk_resnet18', *kwargs_args, '--weights', weights_file, '--img-size', IMG_SIZE,
         '--scales', *SCALES, '--workers', 0, '--batch-size', 8, '--units', 'SK_3_2', '--out', out]) == 0

@@ -108,8 +108,8 @@ def test_plain_sum_and_true_large_kernels():
 
 def test_sk_resnet_configuration_knobs():
     model = timm.create_model(
-        'sk_resnet18', block='bottleneck', layers=(1, 1, 1, 1), kernel_size=(3, 5, 7), num_classes=7, in_chans=1,
-        stem_type='deep', stem_width=16).eval()
+        'sk_resnet18', block='bottleneck', layers=(1, 1, 1, 1), kernel_size=(3, 5, 7), split_input=False,
+        num_classes=7, in_chans=1, stem_type='deep', stem_width=16).eval()
     assert isinstance(model.conv1, nn.Sequential) and model.conv1[0].in_channels == 1
     assert model.conv1[0].out_channels == 16
     assert [len(s) for s in (model.layer1, model.layer2, model.layer3, model.layer4)] == [1, 1, 1, 1]
