@@ -22,8 +22,8 @@ import re
 from typing import NamedTuple, Optional, Tuple
 
 __all__ = [
-    'LayerRow', 'LayerMatch', 'LAYER_TABLE', 'CAFFE_BN_EPS', 'CUDNN_BN_MIN_EPSILON', 'CUDNN_BN_BLOBS', 'BVLC_BN_BLOBS', 'SCALE_BLOBS',
-    'match_layer', 'caffe_name']
+    'LayerRow', 'LayerMatch', 'LAYER_TABLE', 'CAFFE_BN_EPS', 'CUDNN_BN_MIN_EPSILON', 'CUDNN_BN_BLOBS',
+    'BVLC_BN_BLOBS', 'SCALE_BLOBS', 'match_layer', 'caffe_name']
 
 
 class LayerRow(NamedTuple):

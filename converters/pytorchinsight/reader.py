@@ -34,8 +34,8 @@ def _load_error(path: os.PathLike, error: Exception) -> UserError:
     disallowed = re.search(r'GLOBAL (\S+)', text)
     if isinstance(error, pickle.UnpicklingError) and disallowed:
         return UserError(
-            f'checkpoint {path} needs code to load: its pickle calls {disallowed.group(1)}, which is not a tensor, '
-            'container or number; refused without running any of it. Convert the file PytorchInsight published')
+            f'checkpoint {path} needs code to load (its pickle calls {disallowed.group(1)}, which is not a tensor, '
+            'container or number), so none of it was run; convert the checkpoint PytorchInsight published')
     # torch wraps the weights-only unpickler's reason in paragraphs of advice: keep the reason
     reason = text.split('WeightsUnpickler error:')[-1]
     reason = next((line.strip() for line in reason.splitlines() if line.strip()), type(error).__name__)
@@ -60,7 +60,9 @@ def read_checkpoint(path: os.PathLike) -> Checkpoint:
     except Exception as e:  # damaged bytes fail in many ways: pickle, zip, EOF, KeyError, ...
         raise _load_error(path, e) from None
     if not isinstance(loaded, dict) or not isinstance(loaded.get('state_dict'), dict):
-        holds = f'keys {", ".join(map(str, loaded))}' if isinstance(loaded, dict) else type(loaded).__name__
+        holds = type(loaded).__name__
+        if isinstance(loaded, dict):
+            holds = f'{len(loaded)} keys' + (f', e.g. {", ".join(map(str, list(loaded)[:3]))}' if loaded else '')
         raise UserError(f"checkpoint {path} has no 'state_dict' (it holds {holds}): it is not a PytorchInsight "
                         "checkpoint, whose training script saves {'epoch', 'state_dict', 'acc', 'best_acc', "
                         "'optimizer'}")
