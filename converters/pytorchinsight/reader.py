@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import re
+import warnings
 from typing import Dict, NamedTuple
 
 import torch
@@ -46,7 +47,7 @@ def _load_error(path: os.PathLike, error: Exception) -> UserError:
 def _recorded_number(value) -> str:
     """A number as the file records it ('' for anything else): a float32 tensor's 77.538 stays 77.538."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
-        return str(value.reshape(()).numpy())
+        return str(value.detach().reshape(()).numpy())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return ''
@@ -56,7 +57,9 @@ def read_checkpoint(path: os.PathLike) -> Checkpoint:
     """The weights of a PytorchInsight checkpoint (optimizer state dropped), and its epoch and accuracies."""
     data = read_input_file(path, 'checkpoint')
     try:
-        loaded = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():  # what torch.load warns about (sparse invariants, ...) is no news to a user
+            warnings.simplefilter('ignore')
+            loaded = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
     except Exception as e:  # damaged bytes fail in many ways: pickle, zip, EOF, KeyError, ...
         raise _load_error(path, e) from None
     if not isinstance(loaded, dict) or not isinstance(loaded.get('state_dict'), dict):
@@ -68,13 +71,14 @@ def read_checkpoint(path: os.PathLike) -> Checkpoint:
                         "'optimizer'}")
     state_dict, file_keys = {}, {}
     for file_key, value in loaded['state_dict'].items():
-        if not isinstance(file_key, str) or not isinstance(value, torch.Tensor):
-            raise UserError(f'checkpoint {path}: state_dict entry {file_key!r} is a {type(value).__name__}, not a '
-                            'tensor; it is not a PytorchInsight checkpoint')
+        if not isinstance(file_key, str) or not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+            kind = f'{value.layout} tensor' if isinstance(value, torch.Tensor) else type(value).__name__
+            raise UserError(f'checkpoint {path}: state_dict entry {file_key!r} is a {kind}, not a dense tensor; it '
+                            'is not a PytorchInsight checkpoint')
         key = file_key.removeprefix(DATA_PARALLEL_PREFIX)
         if key in state_dict:
             raise UserError(f'checkpoint {path} holds both {file_keys[key]} and {file_key}: one tensor twice, '
                             'with and without the DataParallel prefix; it is damaged')
-        state_dict[key], file_keys[key] = value, file_key
+        state_dict[key], file_keys[key] = value.detach(), file_key
     records = {key: _recorded_number(loaded.get(key)) for key in RECORDED_KEYS}
     return Checkpoint(state_dict, file_keys, {key: value for key, value in records.items() if value})

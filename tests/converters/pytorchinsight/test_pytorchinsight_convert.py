@@ -82,13 +82,16 @@ def test_sk_resnet101_converts_with_the_authors_logits(convert_pytorchinsight, t
     _assert_same_logits(model, state, 'sk_resnet101', 64)
 
 
-@pytest.mark.parametrize('variant', ['zip serialization', 'no batch counts'])
+@pytest.mark.parametrize('variant', ['zip serialization', 'no batch counts', 'parameters'])
 def test_other_torch_versions_files(variant, sk_resnet50_state, convert_pytorchinsight, tmp_path):
     """A checkpoint re-saved by a torch of the zip era converts alike; one from a torch before 0.4.1 has no
-    BatchNorm num_batches_tracked, which are then left at 0."""
+    BatchNorm num_batches_tracked, which are then left at 0; one saved with state_dict(keep_vars=True) holds
+    parameters that require grad."""
     state = dict(sk_resnet50_state)
     if variant == 'no batch counts':
         state = {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')}
+    elif variant == 'parameters':
+        state = {k: torch.nn.Parameter(v) if v.is_floating_point() else v for k, v in state.items()}
     checkpoint = save_authors_checkpoint(tmp_path / 'sk_resnet50.pth.tar', state, legacy=variant != 'zip serialization')
     output = tmp_path / 'out.safetensors'
     code, _, err = convert_pytorchinsight(checkpoint, '--model', 'sk_resnet50', '--output', output)

@@ -96,6 +96,15 @@ def test_an_integer_tensor_for_a_weight(sk_resnet50_state, tmp_path, out_dir, re
         'damaged or of another model')
 
 
+@pytest.mark.parametrize('entry, kind', [
+    (0.5, 'float'), (torch.eye(1000).to_sparse(), 'torch.sparse_coo tensor')], ids=['number', 'sparse'])
+def test_an_entry_that_is_not_a_dense_tensor(entry, kind, sk_resnet50_state, tmp_path, out_dir, refused_conversion):
+    checkpoint = _edited_checkpoint(tmp_path, sk_resnet50_state, **{'fc.bias': entry})
+    assert refused_conversion(*_args(checkpoint, out_dir)) == (
+        f"{PROG} checkpoint {checkpoint}: state_dict entry 'module.fc.bias' is a {kind}, not a dense tensor; it is "
+        'not a PytorchInsight checkpoint')
+
+
 def test_non_finite_values(sk_resnet50_state, tmp_path, out_dir, refused_conversion):
     variance = sk_resnet50_state['layer4.1.bn2g.running_var'].clone()
     variance[[3, 7]] = torch.tensor([float('nan'), float('inf')])
