@@ -13,9 +13,10 @@ import argparse
 from pathlib import Path
 
 from timm_sknet.io.errors import run_cli
+from timm_sknet.weights.release import PYTORCHINSIGHT_TAG
 
 from ..output import add_destination_arguments, destination, provenance, report_written, write_weights
-from .mapping import CONVERTIBLE_MODELS, PYTORCHINSIGHT_TAG
+from .mapping import CONVERTIBLE_MODELS
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

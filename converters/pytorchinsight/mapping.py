@@ -13,12 +13,9 @@ The checkpoint's ``module.`` prefix (``torch.nn.DataParallel``) is not part of t
 import re
 from typing import NamedTuple, Optional, Tuple
 
-__all__ = [
-    'CONVERTIBLE_MODELS', 'PYTORCHINSIGHT_TAG', 'DATA_PARALLEL_PREFIX', 'ModuleRow', 'MODULE_TABLE', 'timm_name',
-    'checkpoint_name']
+__all__ = ['CONVERTIBLE_MODELS', 'DATA_PARALLEL_PREFIX', 'ModuleRow', 'MODULE_TABLE', 'timm_name', 'checkpoint_name']
 
 CONVERTIBLE_MODELS = ('sk_resnet50', 'sk_resnet101')  # the authors' SK-ResNet-50* / -101*, their geometry
-PYTORCHINSIGHT_TAG = 'pytorchinsight_in1k'
 DATA_PARALLEL_PREFIX = 'module.'
 
 

@@ -14,7 +14,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from timm.models import PretrainedCfg, build_model_with_cfg, resolve_pretrained_cfg
 
 from ..io.errors import UserError
-from .release import RELEASE_URL, RELEASED_MODELS
+from .release import PYTORCHINSIGHT_TAG, PYTORCHINSIGHT_URL, RELEASE_URL, RELEASED_MODELS
 from .store import installed_path
 
 ModelT = TypeVar('ModelT')
@@ -67,4 +67,8 @@ def _not_found_message(name: str, cfg: PretrainedCfg, installed: Path, hub_error
     if release is not None:
         return (f'{found} To install them: download the {release.paper_name} caffemodel linked from {RELEASE_URL}, '
                 f'then run: convert-caffe {release.caffemodel} --model {cfg.architecture} --install')
+    if cfg.tag == PYTORCHINSIGHT_TAG:
+        return (f'{found} To install them: download the {cfg.architecture} checkpoint linked from '
+                f'{PYTORCHINSIGHT_URL} (README), then run: convert-pytorchinsight {cfg.architecture}.pth.tar '
+                f'--model {cfg.architecture} --install')
     return f'{found} Fetch them once with Hub access (they are cached), or save their safetensors as {installed}.'

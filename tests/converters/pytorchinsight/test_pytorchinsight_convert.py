@@ -2,6 +2,9 @@
 that ``pretrained=True`` then gives the logits of the authors' network, computed in plain functional ops over
 their state dict (``authors_checkpoint.authors_forward``), not by this project's modules."""
 import hashlib
+import json
+import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -13,6 +16,9 @@ from safetensors.torch import load_file
 from authors_checkpoint import (
     ACC, BEST_ACC, EPOCH, PUBLISHED_PARAMS_M, authors_forward, authors_state_dict, parameter_count,
     save_authors_checkpoint)
+from hub_helpers import FAIL_SCRIPT, client_env, free_port
+from support import run_cli
+from timm_sknet.weights.release import PYTORCHINSIGHT_URL
 from timm_sknet.weights.store import PROVENANCE_KEYS, STORE_ENV
 
 RELATIVE_TOLERANCE = 1e-5
@@ -39,7 +45,7 @@ def test_the_test_checkpoint_is_the_authors_format(sk_resnet50_checkpoint, sk_re
 
 
 def test_install_then_pretrained_gives_the_authors_logits(
-        sk_resnet50_checkpoint, sk_resnet50_state, convert_pytorchinsight, tmp_path, monkeypatch):
+        sk_resnet50_checkpoint, sk_resnet50_state, convert_pytorchinsight, tmp_path, monkeypatch, capsys):
     store = tmp_path / 'store'
     monkeypatch.setenv(STORE_ENV, str(store))
     installed = store / 'sk_resnet50.pytorchinsight_in1k' / 'model.safetensors'
@@ -60,6 +66,12 @@ def test_install_then_pretrained_gives_the_authors_logits(
     assert metadata['source_sha256'] == hashlib.sha256(sk_resnet50_checkpoint.read_bytes()).hexdigest()
     assert (metadata['source_epoch'], metadata['source_acc'], metadata['source_best_acc']) == (
         str(EPOCH), str(ACC), str(BEST_ACC))
+    assert run_cli(monkeypatch, 'installed') == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        f'sk_resnet50.pytorchinsight_in1k  {installed}  ({installed.stat().st_size:,} bytes)',
+        f"  converted from sk_resnet50.pth.tar ({sk_resnet50_checkpoint.stat().st_size:,} bytes, sha256 "
+        f"{metadata['source_sha256']}) for sk_resnet50 by timm-sknet {metadata['timm_sknet_version']}",
+        f'  the checkpoint records epoch {EPOCH}, acc {ACC}, best_acc {BEST_ACC}']
 
     model = timm.create_model('sk_resnet50', pretrained=True)
     assert model.pretrained_cfg['tag'] == 'pytorchinsight_in1k'
@@ -80,6 +92,20 @@ def test_sk_resnet101_converts_with_the_authors_logits(convert_pytorchinsight, t
         f"pretrained_cfg_overlay=dict(file='{output}')), or convert with --install instead of --output")
     model = timm.create_model('sk_resnet101', pretrained=True, pretrained_cfg_overlay=dict(file=str(output)))
     _assert_same_logits(model, state, 'sk_resnet101', 64)
+
+
+def test_without_the_weights_the_error_says_how_to_convert_them(tmp_path):
+    """No installed copy, the Hub off: the guiding error names the authors' repository and the command."""
+    env = client_env(f'http://127.0.0.1:{free_port()}', tmp_path / 'hf', tmp_path / 'empty-store')
+    env['HF_HUB_OFFLINE'] = '1'
+    proc = subprocess.run([sys.executable, '-c', FAIL_SCRIPT, 'sk_resnet101'], env=env, capture_output=True,
+                          text=True, timeout=120)
+    failure = json.loads(proc.stdout.splitlines()[-1])
+    assert 'PretrainedWeightsNotFoundError' in failure['types']
+    assert failure['message'].startswith('sk_resnet101.pytorchinsight_in1k has no pretrained weights here: ')
+    assert failure['message'].endswith(
+        f'To install them: download the sk_resnet101 checkpoint linked from {PYTORCHINSIGHT_URL} (README), then run: '
+        'convert-pytorchinsight sk_resnet101.pth.tar --model sk_resnet101 --install')
 
 
 @pytest.mark.parametrize('variant', ['zip serialization', 'no batch counts', 'parameters'])
