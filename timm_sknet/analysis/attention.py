@@ -30,7 +30,7 @@ from timm.data.transforms import MaybeToTensor, ResizeKeepRatio, str_to_interp_m
 from torch import nn
 from torchvision import transforms
 
-from ..models.sk_conv import SKConv
+from ..models.sk_conv import SKConv, effective_kernel_size
 
 __all__ = [
     'SKUnit', 'SelectionCapture', 'sk_units', 'capture_selection', 'mean_difference', 'check_zoom_scale',
@@ -66,10 +66,6 @@ class SKUnit:
         return f'{large}x{large} - {small}x{small}'
 
 
-def _effective_kernel_size(conv: nn.Conv2d) -> int:
-    return conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
-
-
 def sk_units(model: nn.Module) -> List[SKUnit]:
     """The model's SK convolutions that have selection attention, in forward order.
 
@@ -93,7 +89,8 @@ def sk_units(model: nn.Module) -> List[SKUnit]:
             stage=stage,
             index=index,
             channels=module.paths[0].conv.out_channels,
-            kernel_sizes=tuple(_effective_kernel_size(path.conv) for path in module.paths),
+            kernel_sizes=tuple(
+                effective_kernel_size(path.conv.kernel_size[0], path.conv.dilation[0]) for path in module.paths),
         ))
     if not units:
         raise ValueError(f'{type(model).__name__} has no SK units with selection attention')

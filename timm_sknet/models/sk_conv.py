@@ -17,7 +17,8 @@ from torch import nn
 
 from .deploy import FusibleConvNormAct, fuse_conv_bn, has_running_stats
 
-__all__ = ['SKAttention', 'SKConv', 'SKPath', 'effective_kernel_size', 'resolve_sk_paths', 'sk_attn_channels']
+__all__ = [
+    'SKAttention', 'SKConv', 'SKPath', 'check_flag', 'effective_kernel_size', 'resolve_sk_paths', 'sk_attn_channels']
 
 
 # One SK path: (kernel, dilation, groups). groups None: the unit's own (SK-ResNeXt: its cardinality; SK-ShuffleNetV2:
@@ -34,6 +35,12 @@ def _check_int(what: str, value: Any, minimum: int) -> None:
         raise TypeError(f'{what} must be an int, got {value!r}')
     if value < minimum:
         raise ValueError(f'{what} must be >= {minimum}, got {value}')
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Refuse a non-bool where a keyword takes True or False (a tuple would otherwise read as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f'{name} takes True or False, got {value!r}')
 
 
 def _check_kernel(what: str, kernel: Any) -> None:
@@ -87,8 +94,8 @@ def resolve_sk_paths(
     "no dilation", one ``groups`` for all); one that does not, or a value of a type the keyword does not take, is
     refused. Groups left None stay None: the unit fills in its own.
     """
-    if dilate_large_kernels is not None and not isinstance(dilate_large_kernels, bool):
-        raise TypeError(f'dilate_large_kernels takes True or False, got {dilate_large_kernels!r}')
+    if dilate_large_kernels is not None:
+        check_flag('dilate_large_kernels', dilate_large_kernels)
     if groups is not None:
         _check_int(f'{groups_keyword} (one value for every path; per-path groups go in sk_paths)', groups, 1)
     kernels = None if kernel_size is None else _kernel_sizes(kernel_size)
@@ -98,22 +105,21 @@ def resolve_sk_paths(
             (3, (k - 1) // 2, groups) if dilate else (k, 1, groups) for k in (kernels or (3, 5)))
 
     paths = _check_sk_paths(sk_paths)
-    shown = tuple(paths)
     if kernels is not None and kernels != tuple(effective_kernel_size(k, d) for k, d, _ in paths):
         raise ValueError(
-            f'kernel_size={kernel_size!r} contradicts sk_paths={shown} (effective kernel sizes '
+            f'kernel_size={kernel_size!r} contradicts sk_paths={paths} (effective kernel sizes '
             f'{tuple(effective_kernel_size(k, d) for k, d, _ in paths)}); give sk_paths alone')
     if dilate_large_kernels and any(k != 3 for k, _, _ in paths):
         raise ValueError(
-            f'dilate_large_kernels=True contradicts sk_paths={shown}, which has kernels other than 3x3; '
+            f'dilate_large_kernels=True contradicts sk_paths={paths}, which has kernels other than 3x3; '
             'give sk_paths alone')
     if dilate_large_kernels is False and any(d != 1 for _, d, _ in paths):
         raise ValueError(
-            f'dilate_large_kernels=False contradicts sk_paths={shown}, which has dilated paths; give sk_paths alone')
+            f'dilate_large_kernels=False contradicts sk_paths={paths}, which has dilated paths; give sk_paths alone')
     if groups is not None:
         if any(g not in (None, groups) for _, _, g in paths):
             raise ValueError(
-                f'{groups_keyword}={groups} contradicts the groups of sk_paths={shown}; give sk_paths alone')
+                f'{groups_keyword}={groups} contradicts the groups of sk_paths={paths}; give sk_paths alone')
         paths = tuple((k, d, groups) for k, d, _ in paths)
     return paths
 
@@ -121,14 +127,15 @@ def resolve_sk_paths(
 def sk_attn_channels(channels: int, rd_ratio: float = 1. / 16, min_channels: int = 32) -> int:
     """Width d of the fuse fc: the paper's d = max(C / r, L) (PyTorchInsight's unit: C // 16, no L)."""
     if isinstance(rd_ratio, bool) or not isinstance(rd_ratio, (int, float)):
-        raise TypeError(f'the attention ratio 1/r must be a number, got {rd_ratio!r}')
+        raise TypeError(f'the attention ratio 1/r (sk_rd_ratio) must be a number, got {rd_ratio!r}')
     if not rd_ratio > 0:
-        raise ValueError(f'the attention ratio 1/r must be > 0, got {rd_ratio!r}')
-    _check_int('the minimum attention width L', min_channels, 0)
+        raise ValueError(f'the attention ratio 1/r (sk_rd_ratio) must be > 0, got {rd_ratio!r}')
+    _check_int('the minimum attention width L (sk_min_attn_channels)', min_channels, 0)
     width = max(int(channels * rd_ratio), min_channels)
     if width < 1:
         raise ValueError(
-            f'the attention width max({channels} * {rd_ratio}, {min_channels}) is 0; raise the ratio or the minimum')
+            f'the attention width max({channels} * {rd_ratio}, {min_channels}) is 0; '
+            'raise sk_rd_ratio or sk_min_attn_channels')
     return width
 
 
@@ -217,8 +224,7 @@ class SKConv(nn.Module):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         for name, flag in (('attention', attention), ('split_input', split_input), ('path_act', path_act)):
-            if not isinstance(flag, bool):
-                raise TypeError(f'{name} takes True or False, got {flag!r}')
+            check_flag(name, flag)
         paths = resolve_sk_paths(sk_paths, kernel_size, dilate_large_kernels, groups)
         paths = tuple((k, d, default_groups if g is None else g) for k, d, g in paths)
         self.num_paths = len(paths)
@@ -244,7 +250,7 @@ class SKConv(nn.Module):
         if attention and self.num_paths > 1:
             if attn_channels is None:
                 attn_channels = sk_attn_channels(out_channels, rd_ratio, min_attn_channels)
-            _check_int('attn_channels', attn_channels, 1)
+            _check_int('the attention width (sk_attn_channels)', attn_channels, 1)
             self.attn = SKAttention(out_channels, self.num_paths, attn_channels, act_layer, norm_layer, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

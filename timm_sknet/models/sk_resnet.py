@@ -1,7 +1,9 @@
 """SKNet, SK-ResNeXt and SK-ResNet for timm.
 
 Paper: "Selective Kernel Networks", Xiang Li, Wenhai Wang, Xiaolin Hu, Jian Yang, CVPR 2019
-(https://arxiv.org/abs/1903.06586). Released Caffe models: github.com/implus/SKNet (no licence file).
+(https://arxiv.org/abs/1903.06586). Released Caffe models: github.com/implus/SKNet (no licence file); the
+authors' PyTorch SK-ResNets (``sk_resnet50`` / ``sk_resnet101`` here): github.com/implus/PytorchInsight (no
+licence file either).
 
 The trunk is timm's ``ResNet`` (same module and parameter names, so timm's ``skresnext50_32x4d`` checkpoints
 load into ``sk_resnext50_32x4d``/``sknet50``); this file adds what the release needs and timm's ResNet lacks:
@@ -223,8 +225,7 @@ class SKNet(ResNet):
         if cifar_stem and kwargs.get('output_stride', 32) != 32:
             raise ValueError('the CIFAR stem supports output_stride=32 only')
         for name, flag in (('sk_attention', sk_attention), ('split_input', split_input)):
-            if not isinstance(flag, bool):
-                raise TypeError(f'{name} takes True or False, got {flag!r}')
+            sk_conv.check_flag(name, flag)
         sk_common = dict(
             sk_paths=sk_conv.resolve_sk_paths(sk_paths, kernel_size, dilate_large_kernels, sk_groups, 'sk_groups'),
             attention=sk_attention, rd_ratio=sk_rd_ratio, min_attn_channels=sk_min_attn_channels,

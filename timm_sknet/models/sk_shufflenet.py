@@ -153,8 +153,7 @@ class SKShuffleNetV2(nn.Module):
             norm_layer = partial(norm_layer, **norm_overrides)
         layers = dict(act_layer=act_layer, norm_layer=norm_layer, **dd)
         for name, flag in (('sk_attention', sk_attention), ('sk_path_act', sk_path_act)):
-            if not isinstance(flag, bool):
-                raise TypeError(f'{name} takes True or False, got {flag!r}')
+            sk_conv.check_flag(name, flag)
         sk_kwargs = dict(
             sk_paths=sk_conv.resolve_sk_paths(sk_paths, kernel_size, dilate_large_kernels), attention=sk_attention,
             rd_ratio=sk_rd_ratio, min_attn_channels=sk_min_attn_channels, path_act=sk_path_act)

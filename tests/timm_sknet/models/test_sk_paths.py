@@ -6,6 +6,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from timm.models import create_feature_extractor, get_graph_node_names
 from timm.utils import reparameterize_model
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -105,6 +106,22 @@ def test_each_geometry_runs_deploys_hooks_and_counts(geometry):
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             form(x)
         assert counter.get_total_flops() == 2 * expected_macs
+
+
+@pytest.mark.parametrize('geometry', GEOMETRIES)
+def test_each_geometry_keeps_timms_model_contract(geometry):
+    """What timm's suite checks of a model, on each geometry: scripted and FX-traced forwards compute the eager
+    logits, and a training step reaches every parameter."""
+    name, kwargs = GEOMETRIES[geometry]
+    model, x = _model_and_input(name, 64, **kwargs, **ONE_UNIT_PER_STAGE)
+    with torch.no_grad():
+        expected = model(x)
+        _assert_close(torch.jit.script(model)(x), expected, f'{geometry} scripted', rtol=1e-6)
+        _, eval_nodes = get_graph_node_names(model)
+        traced, = create_feature_extractor(model, return_nodes=[eval_nodes[-1]]).eval()(x).values()
+        _assert_close(traced, expected, f'{geometry} FX-traced', rtol=1e-6)
+    model.train()(x).logsumexp(1).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
 def _pytorchinsight_parameter_count(layers) -> int:
@@ -244,3 +261,18 @@ def test_skconv_refuses_groups_that_contradict_its_paths():
     sk = SKConv(64, 64, sk_paths=((3, 1, None), (3, 2, 32)), default_groups=4, dilation=2)
     assert [(p.conv.dilation, p.conv.padding, p.conv.groups) for p in sk.paths] == \
         [((2, 2), (2, 2), 4), ((4, 4), (4, 4), 32)]
+
+
+# The README's call for timm's (untrained) skresnet50, the geometry lucid's sk_resnet_50 config names
+TIMM_SKRESNET50_CALL = dict(sk_paths=((3, 1, 1), (3, 2, 1)), split_input=True, sk_min_attn_channels=8)
+
+
+def test_timm_skresnet50_is_a_call_of_sk_resnet50():
+    torch.manual_seed(0)
+    reference = timm.create_model('skresnet50').eval()
+    randomize_norms(reference)
+    ours = timm.create_model('sk_resnet50', **TIMM_SKRESNET50_CALL).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _assert_close(ours(x), reference(x), 'sk_resnet50 call against timm skresnet50')
