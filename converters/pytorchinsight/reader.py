@@ -71,7 +71,10 @@ def read_checkpoint(path: os.PathLike) -> Checkpoint:
                         "'optimizer'}")
     state_dict, file_keys = {}, {}
     for file_key, value in loaded['state_dict'].items():
-        if not isinstance(file_key, str) or not isinstance(value, torch.Tensor) or value.layout != torch.strided:
+        if not isinstance(file_key, str):
+            raise UserError(f'checkpoint {path}: state_dict has a key {file_key!r} that is not a name; it is not a '
+                            'PytorchInsight checkpoint')
+        if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
             kind = f'{value.layout} tensor' if isinstance(value, torch.Tensor) else type(value).__name__
             raise UserError(f'checkpoint {path}: state_dict entry {file_key!r} is a {kind}, not a dense tensor; it '
                             'is not a PytorchInsight checkpoint')

@@ -105,6 +105,15 @@ def test_an_entry_that_is_not_a_dense_tensor(entry, kind, sk_resnet50_state, tmp
         'not a PytorchInsight checkpoint')
 
 
+def test_a_key_that_is_not_a_name(sk_resnet50_state, tmp_path, out_dir, refused_conversion):
+    checkpoint = tmp_path / 'numbered.pth.tar'
+    torch.save({'epoch': 1, 'state_dict': {0: sk_resnet50_state['fc.bias']}}, checkpoint,
+               _use_new_zipfile_serialization=False)
+    assert refused_conversion(*_args(checkpoint, out_dir)) == (
+        f'{PROG} checkpoint {checkpoint}: state_dict has a key 0 that is not a name; it is not a PytorchInsight '
+        'checkpoint')
+
+
 def test_non_finite_values(sk_resnet50_state, tmp_path, out_dir, refused_conversion):
     variance = sk_resnet50_state['layer4.1.bn2g.running_var'].clone()
     variance[[3, 7]] = torch.tensor([float('nan'), float('inf')])
