@@ -108,17 +108,35 @@ def test_without_the_weights_the_error_says_how_to_convert_them(tmp_path):
         'convert-pytorchinsight sk_resnet101.pth.tar --model sk_resnet101 --install')
 
 
-@pytest.mark.parametrize('variant', ['zip serialization', 'no batch counts', 'parameters'])
-def test_other_torch_versions_files(variant, sk_resnet50_state, convert_pytorchinsight, tmp_path):
+# Their script saved from the GPU: every storage is tagged cuda:0. A torch.save in another process with a tagger that
+# says so writes the same bytes as a CUDA save would, on a machine without a GPU.
+_RESAVE_FROM_GPU = """
+import sys, torch
+torch.serialization.register_package(1, lambda storage: 'cuda:0', lambda storage, location: None)
+torch.save(torch.load(sys.argv[1], weights_only=True), sys.argv[2], _use_new_zipfile_serialization=False)
+"""
+
+
+@pytest.mark.parametrize('variant', ['zip serialization', 'no batch counts', 'parameters', 'saved from the GPU'])
+def test_other_torch_versions_files(variant, sk_resnet50_state, sk_resnet50_checkpoint, convert_pytorchinsight,
+                                    tmp_path):
     """A checkpoint re-saved by a torch of the zip era converts alike; one from a torch before 0.4.1 has no
     BatchNorm num_batches_tracked, which are then left at 0; one saved with state_dict(keep_vars=True) holds
-    parameters that require grad."""
+    parameters that require grad; one saved from the GPU, as theirs were, converts on a machine without one."""
     state = dict(sk_resnet50_state)
     if variant == 'no batch counts':
         state = {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')}
     elif variant == 'parameters':
         state = {k: torch.nn.Parameter(v) if v.is_floating_point() else v for k, v in state.items()}
-    checkpoint = save_authors_checkpoint(tmp_path / 'sk_resnet50.pth.tar', state, legacy=variant != 'zip serialization')
+    checkpoint = tmp_path / 'sk_resnet50.pth.tar'
+    if variant == 'saved from the GPU':
+        subprocess.run([sys.executable, '-c', _RESAVE_FROM_GPU, str(sk_resnet50_checkpoint), str(checkpoint)],
+                       check=True, timeout=300)
+        locations = set()
+        torch.load(checkpoint, weights_only=True, map_location=lambda s, location: locations.add(location) or s)
+        assert locations == {'cuda:0'}
+    else:
+        save_authors_checkpoint(checkpoint, state, legacy=variant != 'zip serialization')
     output = tmp_path / 'out.safetensors'
     code, _, err = convert_pytorchinsight(checkpoint, '--model', 'sk_resnet50', '--output', output)
     assert code == 0, err
