@@ -200,7 +200,7 @@ def test_an_installed_copy_is_replaced_only_with_force(sk_resnet50_checkpoint, t
     assert code == 2 and 'argument --output: not allowed with argument --install' in err
 
 
-def test_help_imports_neither_torch_nor_timm():
+def test_help_is_plain_text_and_imports_neither_torch_nor_timm():
     probe = ("import runpy, sys\n"
              "sys.argv = ['convert-pytorchinsight', '--help']\n"
              "try:\n"
@@ -210,4 +210,5 @@ def test_help_imports_neither_torch_nor_timm():
              "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))\n")
     proc = subprocess.run([sys.executable, '-c', probe], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith('usage: convert-pytorchinsight') and '``' not in proc.stdout
     assert '--install' in proc.stdout and proc.stdout.splitlines()[-1] == '[]'
