@@ -22,7 +22,7 @@ from timm_sknet.io.errors import UserError
 
 from .proto import blob_array
 from .net_rules import BN_TYPES, WEIGHTED_TYPES, InferenceGraph
-from .mapping import BVLC_BN_BLOBS, CAFFE_BN_EPS, CUDNN_BN_BLOBS, SCALE_BLOBS, match_layer
+from .mapping import BVLC_BN_BLOBS, CAFFE_BN_EPS, CUDNN_BN_BLOBS, CUDNN_BN_MIN_EPSILON, SCALE_BLOBS, match_layer
 from .release_match import place_layers
 
 __all__ = [
@@ -46,13 +46,15 @@ def target_spec(model_name: str) -> Dict[str, Any]:
 
 
 def bn_eps(layer: Message) -> float:
-    """The eps of a CuDNNBatchNorm or BatchNorm layer."""
+    """The eps Caffe computes a CuDNNBatchNorm or BatchNorm layer with (``mapping.CUDNN_BN_MIN_EPSILON``)."""
+    eps = CAFFE_BN_EPS
     # BVLC's BatchNorm keeps it in field 139; the fork's CuDNNBatchNorm (and any text prototxt) under the name
     # batch_norm_param, which this schema reads as field 200
     for field in ('bvlc_batch_norm_param', 'batch_norm_param'):
         if layer.HasField(field):
-            return getattr(layer, field).eps
-    return CAFFE_BN_EPS
+            eps = getattr(layer, field).eps
+            break
+    return max(eps, CUDNN_BN_MIN_EPSILON) if layer.type == 'CuDNNBatchNorm' else eps
 
 
 class _Converter:

@@ -13,15 +13,17 @@ Transforms, each named where it is applied:
   running_mean, running_var.
 - ``bvlc_bn``: ``BatchNorm`` blobs (mean * s, var * s, s) -> running_mean, running_var divided by s (s = 0
   means 0, as Caffe); the ``Scale`` after it (gamma, beta) -> weight, bias.
-- ``bn_eps``: a Caffe eps other than timm's BN eps goes into running_var (var + eps_caffe - eps_timm).
+- ``bn_eps``: a Caffe eps other than timm's BN eps goes into running_var (var + eps_caffe - eps_timm). The eps
+  is the one Caffe computed with: ``CuDNNBatchNorm`` never goes below ``CUDNN_BN_MIN_EPSILON``; BVLC
+  ``BatchNorm`` uses its own.
 BN ``num_batches_tracked`` has no Caffe counterpart and stays at its default, 0.
 """
 import re
 from typing import NamedTuple, Optional, Tuple
 
 __all__ = [
-    'LayerRow', 'LayerMatch', 'LAYER_TABLE', 'CAFFE_BN_EPS', 'CUDNN_BN_BLOBS', 'BVLC_BN_BLOBS', 'SCALE_BLOBS',
-    'match_layer', 'caffe_name']
+    'LayerRow', 'LayerMatch', 'LAYER_TABLE', 'CAFFE_BN_EPS', 'CUDNN_BN_MIN_EPSILON', 'CUDNN_BN_BLOBS',
+    'BVLC_BN_BLOBS', 'SCALE_BLOBS', 'match_layer', 'caffe_name']
 
 
 class LayerRow(NamedTuple):
@@ -45,6 +47,11 @@ LAYER_TABLE: Tuple[LayerRow, ...] = (
 )
 
 CAFFE_BN_EPS = 1e-5  # both Caffe BatchNorm layers' eps when batch_norm_param leaves it unset
+# The release's CuDNNBatchNorm (borrowed from GENet) computes with a floor on the file's eps, in inference as in
+# training: src/caffe/layers/cudnn_batch_norm_layer.cu line 26 of github.com/implus/SKNet at 17dd708,
+# `double epsilon = max(this->eps_, CUDNN_BN_MIN_EPSILON);` -- and cuDNN 7's cudnn.h, the release's, defines
+# CUDNN_BN_MIN_EPSILON as 1e-5. A file that says less was run with 1e-5.
+CUDNN_BN_MIN_EPSILON = 1e-5
 CUDNN_BN_BLOBS = ('weight', 'bias', 'running_mean', 'running_var')
 BVLC_BN_BLOBS = ('running_mean', 'running_var')  # blob 2 is the scale factor s
 SCALE_BLOBS = ('weight', 'bias')

@@ -25,6 +25,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from google.protobuf.message import DecodeError, Message
 
 from timm_sknet.io.errors import UserError
+from timm_sknet.io.files import read_input_file
 
 __all__ = [
     'NetParameter', 'LayerParameter', 'BlobProto', 'read_caffemodel', 'read_prototxt', 'blob_shape', 'blob_array',
@@ -245,21 +246,6 @@ _FLOAT_FIELD, _DOUBLE_FIELD = 5, 8
 _WIRE_FIXED32, _WIRE_FIXED64 = 5, 1
 
 
-def _read_bytes(path: os.PathLike, what: str) -> bytes:
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f'{what} {path} is a directory; give the {what} file itself')
-    if not path.exists():
-        raise UserError(f'{what} {path} does not exist')
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f'cannot read {what} {path}: {e.strerror or e}; check the path and its permissions') from None
-    if not data:
-        raise UserError(f'{what} {path} is empty')
-    return data
-
-
 _TEXT = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
 _MESSAGE = descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
 
@@ -295,7 +281,7 @@ def _check_layers(net: Message, path: Path, what: str) -> Message:
 
 def read_caffemodel(path: os.PathLike) -> Message:
     """Parse a binary ``.caffemodel`` into a ``NetParameter`` (layers with their blobs)."""
-    data = _read_bytes(path, 'caffemodel')
+    data = read_input_file(path, 'caffemodel')
     net = NetParameter()
     try:
         net.ParseFromString(data)
@@ -306,7 +292,7 @@ def read_caffemodel(path: os.PathLike) -> Message:
 
 def read_prototxt(path: os.PathLike) -> Message:
     """Parse a text ``.prototxt`` network definition; fields this schema does not declare are skipped."""
-    data = _read_bytes(path, 'prototxt')
+    data = read_input_file(path, 'prototxt')
     net = NetParameter()
     try:
         text_format.Parse(data.decode('utf-8'), net, allow_unknown_field=True)

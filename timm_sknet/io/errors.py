@@ -17,12 +17,18 @@ def require_module(name: str, extra: str) -> ModuleType:
         raise UserError(f"{name} is not installed; install it with: pip install 'timm-sknet[{extra}]'") from None
 
 
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n`` for a newline): names read from a damaged file may hold
+    them, and an error stays one line all the same."""
+    return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def run_cli(prog: str, main: Callable[[], int]) -> NoReturn:
     """Run a console entry point, turning UserError and Ctrl-C into a one-line message and exit code."""
     try:
         code = main()
     except UserError as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
+        print(f'{prog}: error: {_one_line(str(e))}', file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print(f'{prog}: interrupted', file=sys.stderr)

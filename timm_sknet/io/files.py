@@ -1,4 +1,5 @@
-"""Output files that appear whole or not at all, and content hashes for provenance.
+"""Output files that appear whole or not at all, input files read with one-line errors, and content hashes for
+provenance.
 
 An output file is written to a temporary file beside it and renamed into place, so a failure (a full disk, a
 file-size limit, missing permission, Ctrl-C) leaves nothing half-written, and a failed write is one line naming
@@ -33,6 +34,23 @@ def sha256_file(path: os.PathLike, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: f.read(chunk_size), b''):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_input_file(path: os.PathLike, what: str) -> bytes:
+    """The bytes of an input file the user named (``what`` says which, e.g. ``caffemodel``), or one line saying
+    why there are none: a directory, a missing, unreadable or empty file."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f'{what} {path} is a directory; give the {what} file itself')
+    if not path.exists():
+        raise UserError(f'{what} {path} does not exist')
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f'cannot read {what} {path}: {e.strerror or e}; check the path and its permissions') from None
+    if not data:
+        raise UserError(f'{what} {path} is empty')
+    return data
 
 
 def check_can_write(path: os.PathLike, force: bool) -> Path:

@@ -13,7 +13,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from timm.models import build_model_with_cfg
 
 from ..io.errors import UserError
-from .release import RELEASE_URL
+from .release import PYTORCHINSIGHT_TAG, PYTORCHINSIGHT_URL, RELEASE_URL
 from .source import WeightsSource, weights_source
 
 ModelT = TypeVar('ModelT')
@@ -66,5 +66,9 @@ def _not_found_message(source: WeightsSource, hub_error: Exception) -> str:
         return (f'{found} To install them: download the {source.release.paper_name} caffemodel linked from '
                 f'{RELEASE_URL}, then run: convert-caffe {source.release.caffemodel} --model {source.architecture} '
                 f'--install')
+    if cfg.tag == PYTORCHINSIGHT_TAG:
+        return (f'{found} To install them: download the {source.architecture} checkpoint linked from '
+                f'{PYTORCHINSIGHT_URL} (README), then run: convert-pytorchinsight {source.architecture}.pth.tar '
+                f'--model {source.architecture} --install')
     return (f'{found} Fetch them once with Hub access (they are cached), or save their safetensors as '
             f'{source.installed}.')

@@ -1,7 +1,9 @@
-"""The SKNet paper and the authors' Caffe release: what the model cards quote and where users get the weights.
+"""The SKNet paper and the authors' releases: what the model cards quote and where users get the weights.
 
-The release (github.com/implus/SKNet) links the SKNet-50 and SKNet-101 caffemodels on Google Drive and carries no
-licence file; the reported numbers are the paper's (single centre crop, ImageNet-1k val).
+The Caffe release (github.com/implus/SKNet) links the SKNet-50 and SKNet-101 caffemodels on Google Drive and carries
+no licence file; the reported numbers are the paper's (single centre crop, ImageNet-1k val). The authors' PyTorch
+SK-ResNet-50* / 101* checkpoints are linked from PytorchInsight's README (Google Drive, Baidu), also without a
+licence file.
 """
 from dataclasses import dataclass
 from typing import Dict
@@ -12,6 +14,8 @@ PAPER_TITLE = 'Selective Kernel Networks'
 PAPER_AUTHORS = 'Xiang Li, Wenhai Wang, Xiaolin Hu, Jian Yang'
 PAPER_URL = 'https://arxiv.org/abs/1903.06586'
 RELEASE_URL = 'https://github.com/implus/SKNet'
+PYTORCHINSIGHT_URL = 'https://github.com/implus/PytorchInsight'
+PYTORCHINSIGHT_TAG = 'pytorchinsight_in1k'  # the tag of sk_resnet50 / sk_resnet101 that convert-pytorchinsight fills
 # The input the released weights expect: BGR, 0..255, minus this per-channel mean (BGR order), no std. timm's data
 # config spells the same as RGB (x / 255 - mean) / std (models/sk_resnet.py); the converter folds BGR -> RGB into conv1.
 CAFFE_BGR_MEAN = (104., 117., 123.)

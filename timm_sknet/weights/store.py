@@ -2,7 +2,8 @@
 
 The store is where ``pretrained=True`` looks before the Hub: ``$TIMM_SKNET_HOME/<model>.<tag>/model.safetensors``,
 by default ``timm-sknet`` in the user cache directory (``$XDG_CACHE_HOME``, else ``~/.cache``).
-``convert-caffe CAFFEMODEL --model sknet50 --install`` writes there; ``timm-sknet installed`` lists it.
+``convert-caffe CAFFEMODEL --model sknet50 --install`` writes there (``convert-pytorchinsight`` likewise);
+``timm-sknet installed`` lists it.
 Nothing here imports torch or timm, so convert-caffe stays light.
 """
 import os
@@ -14,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 from ..io.errors import UserError
 from ..io.files import check_output_file
 from .hub import HUB_WEIGHTS_FILENAME
+from .release import RELEASED_MODELS
 
 STORE_ENV = 'TIMM_SKNET_HOME'
 # Header metadata written by convert-caffe; the VERIFY_KEYS only when it ran with --verify.
@@ -80,7 +82,8 @@ def installed_weights() -> List[InstalledWeights]:
 
 
 def describe(weights: InstalledWeights) -> str:
-    """The store listing's lines for one installed copy: its file, then its provenance and verify figures."""
+    """The store listing's lines for one installed copy: its file, then its provenance (with the epoch and accuracy
+    a training checkpoint records) and, for the Caffe release, the verify figures."""
     lines = [f'{weights.name}  {weights.path}  ({weights.path.stat().st_size:,} bytes)']
     meta = weights.metadata
     if weights.error:
@@ -91,11 +94,14 @@ def describe(weights: InstalledWeights) -> str:
         lines.append(
             f"  converted from {meta['source_file']} ({int(meta['source_size']):,} bytes, sha256 "
             f"{meta['source_sha256']}) for {meta['model_name']} by timm-sknet {meta['timm_sknet_version']}")
+        recorded = [f"{key} {meta[f'source_{key}']}" for key in ('epoch', 'acc', 'best_acc') if f'source_{key}' in meta]
+        if recorded:
+            lines.append(f"  the checkpoint records {', '.join(recorded)}")
         if all(k in meta for k in VERIFY_KEYS):
             lines.append(
                 f"  verified against {meta['verify_runtime']} on {meta['verify_images']} images: max |logit diff| "
                 f"{meta['verify_max_abs_diff']}, relative {meta['verify_max_rel_diff']}, same top-5 on "
                 f"{meta['verify_top5_agreement']}")
-        else:
+        elif meta['model_name'] in RELEASED_MODELS:
             lines.append('  not verified (converted without --verify)')
     return '\n'.join(lines)

@@ -228,6 +228,34 @@ def test_batchnorm_eps_is_folded_into_the_variance(release_files, tmp_path, caps
     np.testing.assert_allclose(load_file(output)['bn1.running_var'], var + np.float32(1e-3) - 1e-5, rtol=1e-6)
 
 
+@pytest.mark.parametrize('bn_style, bn_type, eps_field', [
+    ('cudnn', 'CuDNNBatchNorm', 'batch_norm_param'), ('bvlc', 'BatchNorm', 'bvlc_batch_norm_param')])
+def test_cudnn_batchnorm_eps_has_the_release_layers_floor(
+        bn_style, bn_type, eps_field, release_files, tmp_path, capsys, monkeypatch):
+    """The release's CuDNNBatchNorm computes with max(eps, 1e-5): a file whose layers say 1e-6 converts to the
+    same tensors as one whose layers say 1e-5. BVLC BatchNorm computes with its own eps, 1e-6 included."""
+    _, caffemodel = release_files('sknet50', bn_style)
+    converted = {}
+    for eps in (1e-5, 1e-6):
+        net = read_caffemodel(caffemodel)
+        for layer in net.layer:
+            if layer.type == bn_type:
+                getattr(layer, eps_field).eps = eps
+        source, output = tmp_path / f'eps{eps:g}.caffemodel', tmp_path / f'eps{eps:g}.safetensors'
+        source.write_bytes(net.SerializeToString())
+        code, _, err = run_convert(capsys, monkeypatch, source, '--model', 'sknet50', '--output', output)
+        assert code == 0, err
+        converted[eps] = load_file(output)
+    variances = [key for key in converted[1e-5] if key.endswith('running_var')]
+    assert len(variances) == 1 + 16 * 5 + 4  # the stem, five BNs per SK unit, a projection per stage
+    if bn_style == 'cudnn':
+        for key, value in converted[1e-5].items():
+            np.testing.assert_array_equal(converted[1e-6][key], value, err_msg=key)
+    else:
+        for key in variances:
+            np.testing.assert_allclose(converted[1e-6][key], converted[1e-5][key] + (1e-6 - 1e-5), rtol=1e-6)
+
+
 def test_caffemodel_without_layer_definitions_needs_the_prototxt(release_files, tmp_path, capsys, monkeypatch):
     model, caffemodel = release_files('sknet50', 'cudnn')
     stripped = NetParameter()

@@ -1,0 +1,1 @@
+"""convert-pytorchinsight: the SKNet authors' PyTorch SK-ResNet checkpoints (PytorchInsight) -> timm safetensors."""

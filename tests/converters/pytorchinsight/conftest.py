@@ -1,0 +1,55 @@
+"""Fixtures of the convert-pytorchinsight tests: the authors' SK-ResNet-50 state dict (random weights, their names),
+its checkpoint in their exact format, and convert-pytorchinsight run in this process."""
+import sys
+from pathlib import Path
+from typing import Callable, Dict, Tuple
+
+import pytest
+import torch
+
+from authors_checkpoint import authors_state_dict, save_authors_checkpoint
+from converters.pytorchinsight.cli import main as convert_main
+
+
+@pytest.fixture(scope='session')
+def sk_resnet50_state() -> Dict[str, torch.Tensor]:
+    """The authors' SK-ResNet-50 state dict under their names, random trained-looking values (never modified)."""
+    return authors_state_dict('sk_resnet50')
+
+
+@pytest.fixture(scope='session')
+def sk_resnet50_checkpoint(sk_resnet50_state, tmp_path_factory) -> Path:
+    """That state dict as their training script saves it (legacy serialization, DataParallel keys, optimizer)."""
+    return save_authors_checkpoint(tmp_path_factory.mktemp('authors') / 'sk_resnet50.pth.tar', sk_resnet50_state)
+
+
+@pytest.fixture
+def out_dir(tmp_path) -> Path:
+    path = tmp_path / 'out'
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def convert_pytorchinsight(capsys, monkeypatch) -> Callable[..., Tuple[int, str, str]]:
+    """``convert-pytorchinsight ARGS`` in this process (torch is already imported): (exit code, stdout, stderr)."""
+    def run(*args) -> Tuple[int, str, str]:
+        monkeypatch.setattr(sys, 'argv', ['convert-pytorchinsight', *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            convert_main()
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err
+    return run
+
+
+@pytest.fixture
+def refused_conversion(convert_pytorchinsight, out_dir) -> Callable[..., str]:
+    """Run convert-pytorchinsight, expect a clean refusal and an untouched ``out_dir``; return its one line."""
+    def check(*args) -> str:
+        code, out, err = convert_pytorchinsight(*args)
+        assert code == 2, (out, err)
+        assert 'Traceback' not in out + err
+        assert len(err.strip().splitlines()) == 1, err
+        assert list(out_dir.iterdir()) == [], 'something was left behind'
+        return err.strip()
+    return check
