@@ -1,10 +1,13 @@
 """timm-sknet: validate weights, publish them to the Hub, list the installed ones, analyse SK attention."""
-import argparse
-import importlib
+from __future__ import annotations  # the hints are never evaluated: see timm_sknet.io.errors
+
 import sys
-from typing import List, Optional
 
 from ..io.errors import run_cli
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 # subcommand -> module exposing configure_parser(parser) and run(args) -> int; imported only when chosen
 SUBCOMMANDS = {
@@ -16,6 +19,9 @@ SUBCOMMANDS = {
 
 
 def _main(argv: Optional[List[str]] = None) -> int:
+    import argparse  # imported once run_cli handles Ctrl-C, as everything the subcommand imports
+    import importlib
+
     parser = argparse.ArgumentParser(prog='timm-sknet', description=__doc__)
     sub = parser.add_subparsers(dest='command', required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():

@@ -1,8 +1,18 @@
-"""User-facing errors: one line naming the problem and the fix, a non-zero exit, no traceback."""
-import importlib
+"""User-facing errors: one line naming the problem and the fix, a non-zero exit, no traceback.
+
+Console entry points import ``run_cli`` before anything else, so this module imports nothing the interpreter has
+not loaded already: Ctrl-C during a command's own (long) imports is then one line too.
+"""
+from __future__ import annotations  # the hints are never evaluated: typing is not imported at run time
+
 import sys
-from types import ModuleType
-from typing import Callable, NoReturn
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers read it the same way)
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Callable, NoReturn
+
+INTERRUPTED = 'interrupted (Ctrl-C); nothing partial was left behind'
 
 
 class UserError(Exception):
@@ -11,6 +21,7 @@ class UserError(Exception):
 
 def require_module(name: str, extra: str) -> ModuleType:
     """Import an optional dependency or fail with the pip command that installs it."""
+    import importlib
     try:
         return importlib.import_module(name)
     except ImportError:
@@ -18,13 +29,20 @@ def require_module(name: str, extra: str) -> ModuleType:
 
 
 def run_cli(prog: str, main: Callable[[], int]) -> NoReturn:
-    """Run a console entry point, turning UserError and Ctrl-C into a one-line message and exit code."""
+    """Run a console entry point, turning UserError and Ctrl-C into a one-line message and exit code (2, 130).
+
+    The command's heavy imports belong inside ``main``, so that Ctrl-C during them is one line too. File names
+    that are not UTF-8 (which the OS accepts) are printed with ``\\xNN`` escapes rather than failing the print.
+    """
     try:
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, 'reconfigure'):  # not a test's capture object
+                stream.reconfigure(errors='backslashreplace')
         code = main()
     except UserError as e:
         print(f'{prog}: error: {e}', file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
-        print(f'{prog}: interrupted', file=sys.stderr)
+        print(f'{prog}: error: {INTERRUPTED}', file=sys.stderr)
         code = 130
     sys.exit(code)
