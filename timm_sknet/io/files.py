@@ -327,7 +327,7 @@ def check_output_directory(path: os.PathLike, force: bool, written_by: str) -> P
         if not path.parent.is_dir():
             raise UserError(f'the parent of {path} does not exist; create it first')
         return path
-    names = sorted(name for name in os.listdir(path) if name != _FOLDER_LOCK)
+    names = sorted(name for name in os.listdir(path) if not name.startswith(TEMP_PREFIX))  # a lock, staging
     if not names:
         return path
     manifest = read_manifest(path)
@@ -341,7 +341,8 @@ def check_output_directory(path: os.PathLike, force: bool, written_by: str) -> P
 
 @contextlib.contextmanager
 def output_directory(path: os.PathLike, force: bool, written_by: str) -> Iterator[Path]:
-    """Yield an empty staging folder beside ``path``; what the caller writes there becomes ``path``'s content.
+    """Yield an empty staging folder beside ``path`` (inside it, if it exists); what the caller writes there becomes
+    ``path``'s content.
 
     A new ``path`` appears in one step with all of it, and never replaces a folder that appeared meanwhile. An
     existing empty ``path``, or with ``force`` an earlier output (``check_output_directory``), gets the new files
@@ -352,7 +353,9 @@ def output_directory(path: os.PathLike, force: bool, written_by: str) -> Iterato
     staging = None
     try:
         with interrupts_deferred():
-            staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.absolute().parent))
+            # inside a folder that exists (its parent may not be writable, e.g. --output-dir .), else beside it
+            parent = path if path.is_dir() else path.absolute().parent
+            staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=parent))
         staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would make a published folder private
         yield staging
         files = sorted(os.listdir(staging))
@@ -365,6 +368,7 @@ def output_directory(path: os.PathLike, force: bool, written_by: str) -> Iterato
                     return
                 except FileExistsError:  # created meanwhile: written into only as an existing folder would be
                     pass
+        check_output_directory(path, force, written_by)  # what is there now, before a lock file goes into it
         with file_lock(path / _FOLDER_LOCK, f'into {path}'):
             check_output_directory(path, force, written_by)  # again: what is there now, with the lock held
             with interrupts_deferred():
