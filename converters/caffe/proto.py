@@ -247,11 +247,11 @@ _WIRE_FIXED32, _WIRE_FIXED64 = 5, 1
 
 def _read_bytes(path: os.PathLike, what: str) -> bytes:
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f'{what} {path} is a directory; give the {what} file itself')
-    if not path.exists():
-        raise UserError(f'{what} {path} does not exist')
-    try:
+    try:  # a name longer than the file system allows fails even the checks (ENAMETOOLONG)
+        if path.is_dir():
+            raise UserError(f'{what} {path} is a directory; give the {what} file itself')
+        if not path.exists():
+            raise UserError(f'{what} {path} does not exist')
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f'cannot read {what} {path}: {e.strerror or e}; check the path and its permissions') from None

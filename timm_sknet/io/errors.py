@@ -5,6 +5,7 @@ not loaded already: Ctrl-C during a command's own (long) imports is then one lin
 """
 from __future__ import annotations  # the hints are never evaluated: typing is not imported at run time
 
+import codecs
 import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers read it the same way)
@@ -13,6 +14,20 @@ if TYPE_CHECKING:
     from typing import Callable, NoReturn
 
 INTERRUPTED = 'interrupted (Ctrl-C); nothing partial was left behind'
+NAME_BYTES_ERRORS = 'timm_sknet.name_bytes'  # the error handler of the console streams, registered below
+
+
+def _name_bytes_escaped(error: UnicodeError) -> tuple:
+    """A file name that is not UTF-8 reaches Python as surrogates (PEP 383): print its bytes as ``\\xNN``, as
+    ``files.printable_name`` writes it into files; anything else unprintable as a backslash escape."""
+    if isinstance(error, UnicodeEncodeError):
+        chunk = error.object[error.start:error.end]
+        if all(0xdc80 <= ord(c) <= 0xdcff for c in chunk):
+            return ''.join(f'\\x{ord(c) - 0xdc00:02x}' for c in chunk), error.end
+    return codecs.backslashreplace_errors(error)
+
+
+codecs.register_error(NAME_BYTES_ERRORS, _name_bytes_escaped)
 
 
 class UserError(Exception):
@@ -37,7 +52,7 @@ def run_cli(prog: str, main: Callable[[], int]) -> NoReturn:
     try:
         for stream in (sys.stdout, sys.stderr):
             if hasattr(stream, 'reconfigure'):  # not a test's capture object
-                stream.reconfigure(errors='backslashreplace')
+                stream.reconfigure(errors=NAME_BYTES_ERRORS)
         code = main()
     except UserError as e:
         print(f'{prog}: error: {e}', file=sys.stderr)

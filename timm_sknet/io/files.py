@@ -58,16 +58,18 @@ def printable_name(name: str) -> str:
 
 
 def check_name(path: os.PathLike) -> Path:
-    """Refuse a name longer than its file system allows, before any work is done; return the path."""
+    """Refuse a path with a name (of the file or of a folder on the way) longer than its file system allows, before
+    any work is done; return the path."""
     path = Path(path)
-    size = len(os.fsencode(path.name))
-    try:
-        limit = os.pathconf(path.parent, 'PC_NAME_MAX')
-    except (OSError, ValueError):
-        limit = 255  # the parent does not exist (yet): the limit of every common Linux file system
-    if size > limit:
-        raise UserError(f'the name {path.name} is {size} bytes long, more than the {limit} its file system allows; '
-                        'choose a shorter name')
+    for part in (path, *path.parents):
+        size = len(os.fsencode(part.name))
+        try:
+            limit = os.pathconf(part.parent, 'PC_NAME_MAX')
+        except (OSError, ValueError):
+            limit = 255  # the folder does not exist (yet): the limit of every common Linux file system
+        if size > limit:
+            raise UserError(f'the name {part.name} is {size} bytes long, more than the {limit} its file system '
+                            f'allows; choose a shorter name')
     return path
 
 
@@ -207,27 +209,29 @@ def _sync(path: Path) -> None:
 
 def _commit(pairs: Sequence[Tuple[Path, Path]], force: bool) -> None:
     """Move each finished temporary file to its target; without ``force`` none replaces anything, and when one
-    target appeared meanwhile, those already moved go again: all or nothing."""
+    target appeared meanwhile, those already moved go again: all or nothing. Ctrl-C waits for the moves only."""
+    for tmp, target in pairs:
+        tmp.chmod(_output_mode(target) if force else 0o666 & ~current_umask())
+        _sync(tmp)
     placed: List[Path] = []
-    try:
-        for tmp, target in pairs:
-            tmp.chmod(_output_mode(target) if force else 0o666 & ~current_umask())
-            _sync(tmp)
-            try:
-                if force:
-                    os.replace(tmp, target)
-                else:
-                    move_no_replace(tmp, target)
-            except FileExistsError:
-                raise appeared_error(target) from None
-            except OSError as e:
-                raise write_error(target, e) from None
-            placed.append(target)
-    except BaseException:
-        if not force:  # created just now by this process, exclusively: nobody else's
-            for target in placed:
-                target.unlink(missing_ok=True)
-        raise
+    with interrupts_deferred():
+        try:
+            for tmp, target in pairs:
+                try:
+                    if force:
+                        os.replace(tmp, target)
+                    else:
+                        move_no_replace(tmp, target)
+                except FileExistsError:
+                    raise appeared_error(target) from None
+                except OSError as e:
+                    raise write_error(target, e) from None
+                placed.append(target)
+        except BaseException:
+            if not force:  # created just now by this process, exclusively: nobody else's
+                for target in placed:
+                    target.unlink(missing_ok=True)
+            raise
 
 
 @contextlib.contextmanager
@@ -247,8 +251,7 @@ def atomic_output(path: os.PathLike, force: bool = False) -> Iterator[Path]:
             yield tmp
         except OSError as e:
             raise write_error(path, e) from None
-        with interrupts_deferred():
-            _commit([(tmp, path)], force)
+        _commit([(tmp, path)], force)
     finally:
         with interrupts_deferred():
             if tmp is not None:
@@ -270,8 +273,7 @@ def write_outputs(contents: Mapping[Path, Union[str, bytes]], force: bool = Fals
                     tmp.write_text(content, encoding='utf-8')
             except OSError as e:
                 raise write_error(target, e) from None
-        with interrupts_deferred():
-            _commit(temps, force)
+        _commit(temps, force)
     finally:
         with interrupts_deferred():
             for tmp, _ in temps:

@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..io.errors import UserError
 from ..io.files import (
-    TEMP_PREFIX, TEMP_SUFFIX, check_output_file, current_umask, file_lock, interrupts_deferred, lock_path,
+    TEMP_PREFIX, TEMP_SUFFIX, check_name, check_output_file, current_umask, file_lock, interrupts_deferred, lock_path,
     move_no_replace, sha256_file, write_error)
 from .hub import HUB_WEIGHTS_FILENAME
 
@@ -62,7 +62,7 @@ def installed_path(model_name_tag: str) -> Path:
 def install_target(model_name_tag: str, force: bool) -> Path:
     """Where ``convert-caffe --install`` writes ``model_name_tag``; an installed copy is replaced only when forced.
     The rules of any output file apply (``io.files.check_output_file``); the caller creates the folder."""
-    target = installed_path(model_name_tag)
+    target = check_name(installed_path(model_name_tag))
     if target.is_file() and not force:
         raise UserError(f'{model_name_tag} is already installed ({target}); pass --force to replace it')
     return check_output_file(target, force, parent_created_later=True)
