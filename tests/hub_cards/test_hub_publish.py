@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from hub_cards.results import RESULTS_FORMAT
 from hub_helpers import free_port
 from support import run_cli
-from timm_sknet.io.files import sha256_file
+from timm_sknet.io.files import MANIFEST_NAME, sha256_file
 
 REPO_ID = 'someone/sknet50.caffe_in1k'
 
@@ -40,7 +40,8 @@ def _publish(monkeypatch, weights: Path, out: Path, *extra: str) -> int:
 def test_dry_run_writes_loadable_repo(monkeypatch, tmp_path, weights):
     out = tmp_path / 'repo'
     assert _publish(monkeypatch, weights, out) == 0
-    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    # and the manifest that lets a later --force tell its own files from the user's (test_publish_safety.py)
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, 'README.md', 'config.json', 'model.safetensors']
     assert sha256_file(out / 'model.safetensors') == sha256_file(weights)
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 'sknet50' and config['num_classes'] == 1000
@@ -81,7 +82,7 @@ USER_ERRORS = {  # case -> what the one-line message must say
     'missing_weights': 'does not exist',
     'wrong_model': 'holds sknet50 weights, not sknet101',
     'no_provenance': 'lacks source_file',
-    'existing_output': 'pass --force',
+    'existing_output': 'holds files timm-sknet publish did not write (e.g. keep)',
     'dry_run_without_output_dir': '--output-dir',
     'bad_repo_id': 'must be NAMESPACE/NAME',
     'repo_named_for_other_model': 'named for sknet101',
