@@ -1,7 +1,8 @@
 """``timm-sknet publish``: a Hub repo's model.safetensors, config.json (timm's format) and README.md.
 
-``--dry-run --output-dir DIR`` only writes the three files; otherwise they are uploaded as one commit (the
-token comes from ``hf auth login`` or ``$HF_TOKEN``). huggingface_hub drops files that did not change, so
+``--dry-run --output-dir DIR`` only writes the three files, and the manifest by which a later ``--force`` replaces
+them and nothing else in DIR (``timm_sknet.io.files.output_directory``); otherwise they are uploaded as one commit
+(the token comes from ``hf auth login`` or ``$HF_TOKEN``). huggingface_hub drops files that did not change, so
 publishing the same files again makes no commit. Uploading a card without validation results needs
 ``--allow-unvalidated``: such a card says the weights are unvalidated.
 """
