@@ -211,8 +211,11 @@ def _commit(pairs: Sequence[Tuple[Path, Path]], force: bool) -> None:
     """Move each finished temporary file to its target; without ``force`` none replaces anything, and when one
     target appeared meanwhile, those already moved go again: all or nothing. Ctrl-C waits for the moves only."""
     for tmp, target in pairs:
-        tmp.chmod(_output_mode(target) if force else 0o666 & ~current_umask())
-        _sync(tmp)
+        try:
+            tmp.chmod(_output_mode(target) if force else 0o666 & ~current_umask())
+            _sync(tmp)
+        except OSError as e:
+            raise write_error(target, e) from None
     placed: List[Path] = []
     with interrupts_deferred():
         try:
