@@ -18,7 +18,7 @@ def _attention(out: Path, *extra: str, preexec_fn=None) -> subprocess.CompletedP
 
 
 def test_a_write_that_fails_half_way_leaves_nothing(tmp_path):
-    """units.csv (under 2 kB) is written first and fits a 16 kB file-size limit; channels.csv (about 200 kB) does not."""
+    """units.csv (under 2 kB) is written first and fits a 16 kB file-size limit; channels.csv (200 kB) does not."""
     out = tmp_path / 'figures'
 
     def limit_file_size():
