@@ -155,6 +155,8 @@ def installed_weights() -> List[InstalledWeights]:
     root = store_dir()
     found = []
     for path in sorted(root.glob(f'*/{HUB_WEIGHTS_FILENAME}')) if root.is_dir() else ():
+        if path.parent.name.startswith(TEMP_PREFIX):  # an install being written, or a replaced copy going
+            continue
         try:
             found.append(InstalledWeights(path.parent.name, path, read_metadata(path), ''))
         except UserError as e:
