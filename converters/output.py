@@ -15,8 +15,8 @@ from safetensors.numpy import save_file
 
 import timm_sknet
 from timm_sknet.io.errors import UserError
-from timm_sknet.io.files import atomic_output, check_output_file, sha256_file, write_error
-from timm_sknet.weights.store import STORE_ENV, install_target
+from timm_sknet.io.files import atomic_output, check_output_file, printable_name, sha256_file, write_error
+from timm_sknet.weights.store import STORE_ENV, install_target, install_weights
 
 WEIGHTS_SUFFIX = '.safetensors'
 
@@ -55,7 +55,7 @@ def destination(args: argparse.Namespace, model_name_tag: str, source: os.PathLi
 def provenance(source: os.PathLike, model_name: str) -> Dict[str, str]:
     """The header metadata of converted weights (``timm_sknet.weights.store.PROVENANCE_KEYS``)."""
     return {
-        'source_file': Path(source).name,
+        'source_file': printable_name(Path(source).name),
         'source_size': str(os.path.getsize(source)),
         'source_sha256': sha256_file(source),
         'model_name': model_name,
@@ -65,14 +65,13 @@ def provenance(source: os.PathLike, model_name: str) -> Dict[str, str]:
     }
 
 
-def write_weights(tensors: Dict[str, np.ndarray], output: Path, metadata: Dict[str, str], install: bool) -> None:
-    """Write the safetensors file whole or not at all; an install creates its slot in the store first."""
-    if install:
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise write_error(output, e) from None
-    with atomic_output(output) as tmp:
+def write_weights(tensors: Dict[str, np.ndarray], output: Path, metadata: Dict[str, str], args: argparse.Namespace,
+                  model_name_tag: str, installed_by: str) -> None:
+    """Write the safetensors file whole or not at all, never over anything without ``--force``: ``--output``, or
+    (``--install``) the store slot of ``model_name_tag``, which appears with its ``install.json`` in one step."""
+    target = install_weights(model_name_tag, args.force, installed_by) if args.install else \
+        atomic_output(output, args.force)
+    with target as tmp:
         try:
             save_file(tensors, tmp, metadata)
         except SafetensorError as e:  # its I/O errors (a full disk, a file-size limit) come wrapped

@@ -1,7 +1,8 @@
 """``timm-sknet publish``: a Hub repo's model.safetensors, config.json (timm's format) and README.md.
 
-``--dry-run --output-dir DIR`` only writes the three files; otherwise they are uploaded as one commit (the
-token comes from ``hf auth login`` or ``$HF_TOKEN``). huggingface_hub drops files that did not change, so
+``--dry-run --output-dir DIR`` only writes the three files, and the manifest by which a later ``--force`` replaces
+them and nothing else in DIR (``timm_sknet.io.files.output_directory``); otherwise they are uploaded as one commit
+(the token comes from ``hf auth login`` or ``$HF_TOKEN``). huggingface_hub drops files that did not change, so
 publishing the same files again makes no commit. Uploading a card without validation results needs
 ``--allow-unvalidated``: such a card says the weights are unvalidated.
 """
@@ -24,7 +25,7 @@ from timm.models import save_for_hf, split_model_name_tag
 from torch import nn
 
 from timm_sknet.io.errors import UserError
-from timm_sknet.io.files import atomic_directory, check_can_write, sha256_file
+from timm_sknet.io.files import check_output_directory, output_directory, sha256_file
 from timm_sknet.weights.hub import HUB_WEIGHTS_FILENAME
 from timm_sknet.weights.release import released_model
 from timm_sknet.weights.loading import architecture, create_model_with_weights
@@ -37,6 +38,7 @@ __all__ = ['HELP', 'configure_parser', 'run']
 HELP = 'write or upload model.safetensors, config.json and a model card'
 
 REPO_FILES = (HUB_WEIGHTS_FILENAME, 'config.json', 'README.md')
+WRITTEN_BY = 'timm-sknet publish'  # in the manifest of an --output-dir: --force replaces only such a folder's files
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +55,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--dry-run', action='store_true', help='write the files to --output-dir, upload nothing')
     parser.add_argument('--output-dir', type=Path, metavar='DIR',
                         help='where to write the repo files (required with --dry-run)')
-    parser.add_argument('--force', action='store_true', help='replace an existing --output-dir')
+    parser.add_argument('--force', action='store_true',
+                        help="replace the files of an earlier publish in --output-dir (it never touches other files)")
     parser.add_argument('--private', action='store_true', help='create the repo private (if it does not exist yet)')
     parser.add_argument('--revision', help='branch to commit to (created if missing; default main)')
 
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             'no --results: the card would say these weights are unvalidated; measure them with timm-sknet validate '
             'and pass --results, or pass --allow-unvalidated to upload an unvalidated card')
     if args.output_dir is not None:
-        check_can_write(args.output_dir, args.force)
+        check_output_directory(args.output_dir, args.force, WRITTEN_BY)
     token = None if args.dry_run else get_token()
     if not args.dry_run and not token:
         raise UserError('no Hugging Face token: log in with `hf auth login` or set HF_TOKEN (or pass --dry-run)')
@@ -80,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
     card = render_card(model, args.model, args.repo_id, weights_sha256, metadata, results)
 
     if args.dry_run:
-        with atomic_directory(args.output_dir) as staging:
+        with output_directory(args.output_dir, args.force, WRITTEN_BY) as staging:
             write_repo_files(staging, model, args.weights, card)
         print(f"wrote {', '.join(REPO_FILES)} to {args.output_dir}")
         return 0
     with contextlib.ExitStack() as stack:
         if args.output_dir is not None:
-            directory = stack.enter_context(atomic_directory(args.output_dir))
+            directory = stack.enter_context(output_directory(args.output_dir, args.force, WRITTEN_BY))
         else:
             directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix='timm-sknet-publish-')))
         write_repo_files(directory, model, args.weights, card)

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             'python': platform.python_version(),
         },
     }
-    with atomic_output(output) as tmp:
+    with atomic_output(output, args.force) as tmp:
         tmp.write_text(json.dumps(results, indent=2) + '\n', encoding='utf-8')
     print(f'wrote {output}')
     return 0

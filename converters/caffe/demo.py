@@ -66,7 +66,7 @@ def main() -> None:
           'repository has no licence file). Download one and run the command below on it.\n'
           f'Here: an SKNet-50 caffemodel in the release format with random weights, {caffemodel}.\n')
     model = release_like_model('sknet50')
-    write_caffemodel(model, caffemodel, OUT_DIR / 'sknet50_random.prototxt')
+    write_caffemodel(model, caffemodel, OUT_DIR / 'sknet50_random.prototxt', force=True)  # the demo's own files
 
     args = [str(caffemodel), '--model', 'sknet50', '--output', str(output), '--force', '--verify']
     print('$ convert-caffe ' + ' '.join(args), flush=True)

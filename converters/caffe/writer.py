@@ -9,6 +9,7 @@ SENet release does. ``caffe_splits=True`` writes what Caffe's own snapshots hold
 blob feeds several layers (Caffe inserts them when it builds a net, and saves them with it).
 """
 import os
+from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from timm_sknet import SKBottleneck, SKNet
-from timm_sknet.io.files import atomic_output
+from timm_sknet.io.files import write_outputs
 
 from .proto import NetParameter, array_blob, net_to_text
 from .mapping import CAFFE_BN_EPS, match_layer
@@ -132,15 +133,16 @@ def write_caffemodel(
         *,
         bn_style: str = 'cudnn',
         caffe_splits: bool = False,
+        force: bool = False,
 ) -> None:
-    """Write ``model`` as a release-format caffemodel (and, if asked, its prototxt without blobs)."""
+    """Write ``model`` as a release-format caffemodel (and, if asked, its prototxt without blobs); both appear
+    or neither, and existing files are replaced only with ``force`` (``timm_sknet.io.files.write_outputs``)."""
     net = release_net(model, bn_style)
     if caffe_splits:
         net = insert_splits(net)
-    with atomic_output(caffemodel_path) as tmp:
-        tmp.write_bytes(net.SerializeToString())
+    outputs = {Path(caffemodel_path): net.SerializeToString()}
     if prototxt_path is not None:
         for layer in net.layer:
             del layer.blobs[:]
-        with atomic_output(prototxt_path) as tmp:
-            tmp.write_text(net_to_text(net))
+        outputs[Path(prototxt_path)] = net_to_text(net)
+    write_outputs(outputs, force)

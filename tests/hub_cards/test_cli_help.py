@@ -5,7 +5,7 @@ import pytest
 
 from converters.caffe.cli import main as convert_caffe_main
 from support import run_cli
-from timm_sknet.cli import command_names
+from timm_sknet.cli.dispatch import command_names
 
 
 @pytest.mark.parametrize('argv', [[], *([name] for name in command_names())], ids=lambda argv: argv[0] if argv else 'main')

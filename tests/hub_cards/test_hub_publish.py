@@ -13,25 +13,9 @@ from safetensors.torch import load_file, save_file
 from hub_cards.results import RESULTS_FORMAT
 from hub_helpers import free_port
 from support import run_cli
-from timm_sknet.io.files import sha256_file
+from timm_sknet.io.files import MANIFEST_NAME, sha256_file
 
-PROVENANCE = {
-    'source_file': 'SKNet-50.caffemodel', 'source_size': '110428633', 'source_sha256': 'c' * 64,
-    'model_name': 'sknet50', 'timm_sknet_version': '0.1.0', 'timm_version': timm.__version__,
-    'torch_version': torch.__version__,
-}
 REPO_ID = 'someone/sknet50.caffe_in1k'
-
-
-@pytest.fixture(scope='module')
-def weights(tmp_path_factory) -> Path:
-    """sknet50 weights (random, stand-ins for converted ones) with convert-caffe's provenance metadata."""
-    torch.manual_seed(0)
-    model = timm.create_model('sknet50')
-    path = tmp_path_factory.mktemp('weights') / 'sknet50.safetensors'
-    save_file(model.state_dict(), str(path), metadata=PROVENANCE)
-    return path
-
 
 def _results(weights_sha256: str, image_count: int = 50000) -> dict:
     return {
@@ -56,7 +40,8 @@ def _publish(monkeypatch, weights: Path, out: Path, *extra: str) -> int:
 def test_dry_run_writes_loadable_repo(monkeypatch, tmp_path, weights):
     out = tmp_path / 'repo'
     assert _publish(monkeypatch, weights, out) == 0
-    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    # and the manifest that lets a later --force tell its own files from the user's (test_publish_safety.py)
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, 'README.md', 'config.json', 'model.safetensors']
     assert sha256_file(out / 'model.safetensors') == sha256_file(weights)
     config = json.loads((out / 'config.json').read_text())
     assert config['architecture'] == 'sknet50' and config['num_classes'] == 1000
@@ -97,7 +82,7 @@ USER_ERRORS = {  # case -> what the one-line message must say
     'missing_weights': 'does not exist',
     'wrong_model': 'holds sknet50 weights, not sknet101',
     'no_provenance': 'lacks source_file',
-    'existing_output': 'pass --force',
+    'existing_output': 'holds files timm-sknet publish did not write (e.g. keep)',
     'dry_run_without_output_dir': '--output-dir',
     'bad_repo_id': 'must be NAMESPACE/NAME',
     'repo_named_for_other_model': 'named for sknet101',

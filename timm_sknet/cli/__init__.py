@@ -1,74 +1,17 @@
 """timm-sknet: the project's commands (validate weights, publish them to the Hub, list the installed ones,
-analyse SK attention).
+analyse SK attention); the dispatcher and the ``Command`` a command is registered as are in ``dispatch.py``.
 
-Commands are found through the ``timm_sknet.commands`` entry points (pyproject.toml), each a ``Command``: its
-help line, its argument parser, and the module whose ``run(args) -> int`` does the work. ``hub_cards`` adds
-``validate`` and ``publish`` that way, so this package never imports it. A command's parser imports no torch and
-its work module is imported only after the arguments are parsed, so every ``--help`` answers at once.
+This module imports nothing heavy, so that Ctrl-C at any moment after the interpreter starts ends in one line.
 """
-import argparse
-import importlib
 import sys
-from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
-from ..io.errors import UserError, run_cli
-
-__all__ = ['COMMAND_GROUP', 'Command', 'command_names', 'comma_separated', 'main']
-
-COMMAND_GROUP = 'timm_sknet.commands'
-_PROG = 'timm-sknet'
+from ..io.errors import run_cli
 
 
-class Command(NamedTuple):
-    """One ``timm-sknet`` command, as an entry point of the ``timm_sknet.commands`` group names it."""
-    help: str  # one line, for the command list and the top of its --help
-    configure_parser: Callable[[argparse.ArgumentParser], None]  # adds its arguments; imports nothing heavy
-    implementation: str  # the module whose run(args) -> int does the work, imported after parsing
-
-
-def _commands() -> Dict[str, EntryPoint]:
-    found = {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
-    if not found:
-        raise UserError(f'no {_PROG} commands are registered (entry points {COMMAND_GROUP!r}); install the project '
-                        'with: pip install -e .')
-    return dict(sorted(found.items()))
-
-
-def comma_separated(item_type: Callable[[str], Any]) -> Callable[[str], List[Any]]:
-    """An argparse ``type`` for a list in one value (``--scales 1,1.5,2``): a list option that took several values
-    would swallow the positional arguments after it."""
-    def parse(text: str) -> List[Any]:
-        items = [item.strip() for item in text.split(',')]
-        if not all(items):
-            raise argparse.ArgumentTypeError(f'{text!r} has an empty item; separate the values with single commas')
-        return [item_type(item) for item in items]
-    parse.__name__ = f'comma-separated {getattr(item_type, "__name__", "value")} list'
-    return parse
-
-
-def command_names() -> List[str]:
-    """The installed commands, e.g. ``['attention', 'installed', 'publish', 'validate']``."""
-    return list(_commands())
-
-
-def _main(argv: Optional[List[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    commands = _commands()
-    if argv and argv[0] in commands:
-        command: Command = commands[argv[0]].load()
-        parser = argparse.ArgumentParser(prog=f'{_PROG} {argv[0]}', description=command.help)
-        command.configure_parser(parser)
-        args = parser.parse_args(argv[1:])
-        return importlib.import_module(command.implementation).run(args)
-    # no command, --help or a typo: the list of commands
-    parser = argparse.ArgumentParser(prog=_PROG, description=__doc__.split('\n\n')[0])
-    sub = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
-    for name, entry_point in commands.items():
-        sub.add_parser(name, help=entry_point.load().help)
-    parser.parse_args(argv)  # exits: prints the help, or names what is wrong
-    return 2
+def _dispatch() -> int:
+    from .dispatch import dispatch  # argparse and importlib.metadata: imported once run_cli handles Ctrl-C
+    return dispatch(sys.argv[1:])
 
 
 def main() -> None:
-    run_cli(_PROG, _main)
+    run_cli('timm-sknet', _dispatch)

@@ -6,6 +6,7 @@ and resize, and writes units.csv, channels.csv, attention.json and the figures u
 --per-class also classes.csv and classes.png.
 """
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from .. import model_names
 from ..analysis.attention import SKUnit, capture_selection, check_zoom_scale, mean_difference, sk_units, zoom_transform
 from ..io.errors import UserError
-from ..io.files import atomic_output, check_can_write, sha256_file
+from ..io.files import check_can_write, check_name, sha256_file, write_error, write_outputs
 from ..io.synthetic import synthetic_images
 from ..weights.loading import create_model, create_model_with_weights
 from . import attention_plots
@@ -77,6 +78,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _check_outputs(out_dir: Path, names: Sequence[str], force: bool) -> None:
+    check_name(out_dir)
     if out_dir.exists():
         if not out_dir.is_dir():
             raise UserError(f'--out {out_dir} is a file; give a folder')
@@ -135,6 +137,24 @@ def _model_units(args: argparse.Namespace, model: nn.Module) -> Tuple[List[SKUni
     if unknown:
         raise UserError(f"--units: {', '.join(unknown)} not in {args.model}; it has {', '.join(names)}")
     return units, plotted
+
+
+def _write(out_dir: Path, outputs: Dict[str, Union[str, bytes]], force: bool) -> None:
+    """All the outputs or none; a folder made for them goes again when they could not be written."""
+    try:
+        out_dir.mkdir()
+        made = True
+    except FileExistsError:
+        made = False
+    except OSError as e:
+        raise write_error(out_dir, e) from None
+    try:
+        write_outputs({out_dir / name: content for name, content in outputs.items()}, force)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only while empty
+        raise
 
 
 class _ZoomedViews(torch.utils.data.Dataset):
@@ -346,12 +366,6 @@ def run(args: argparse.Namespace) -> int:
     _collect(model.to(device), loader, stats, device, progress=not args.synthetic and len(sources) > 1)
     outputs = _render(args, units, plotted, stats, data_config, targets, class_names)
 
-    args.out.mkdir(exist_ok=True)
-    for name, content in outputs.items():
-        with atomic_output(args.out / name) as tmp:
-            if isinstance(content, bytes):
-                tmp.write_bytes(content)
-            else:
-                tmp.write_text(content)
+    _write(args.out, outputs, args.force)
     print(f"wrote {', '.join(outputs)} to {args.out}", file=sys.stderr)
     return 0

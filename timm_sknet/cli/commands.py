@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .. import MODEL_MODULES
 from ..weights.store import STORE_ENV, store_dir
-from . import Command, comma_separated
+from .dispatch import Command, comma_separated
 
 __all__ = ['ATTENTION', 'INSTALLED']
 

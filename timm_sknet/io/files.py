@@ -1,22 +1,37 @@
-"""Output files that appear whole or not at all, input files read with one-line errors, and content hashes for
-provenance.
+"""Outputs that appear whole or not at all, never replace what they should not; input files read with one-line
+errors; content hashes.
 
-An output file is written to a temporary file beside it and renamed into place, so a failure (a full disk, a
-file-size limit, missing permission, Ctrl-C) leaves nothing half-written, and a failed write is one line naming
-the cause and the path. A new file gets the mode any new file gets under the umask; a replaced one keeps its own.
+Every output is written under a short temporary name (``.tsk-XXXXXXXX.partial``, so any name the folder accepts
+stays writable) beside its destination and then moved there in one step. Without ``force`` the move never replaces
+anything, even something another process created meanwhile: the loser of such a race gets one line and its temporary
+file goes. A failure (a full disk, a file-size limit, missing permission) or Ctrl-C leaves nothing half-written,
+and a failed write is one line naming the cause and the path. A new file gets the mode any new file gets under the
+umask; a replaced one keeps its own.
+
+A folder of outputs (``output_directory``) carries a manifest naming the command that wrote it and its files:
+``force`` replaces those files only, and a folder without the manifest that holds anything is never written into.
 """
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
+import signal
 import stat
 import tempfile
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import UserError
+
+TEMP_PREFIX, TEMP_SUFFIX = '.tsk-', '.partial'
+MANIFEST_NAME = '.timm-sknet-outputs.json'  # in an output folder: {"written_by": ..., "files": [...]}
+LOCK_SUFFIX = '.lock'
+_FOLDER_LOCK = f'{TEMP_PREFIX}folder{LOCK_SUFFIX}'  # in an output folder written into in place
+LOCK_TIMEOUT_S = 60.  # another process holds the lock only while it moves finished files into place
 
 _WRITE_FIXES = {
     errno.ENOSPC: 'free some space or write it elsewhere',
@@ -25,6 +40,7 @@ _WRITE_FIXES = {
     errno.EACCES: 'choose a folder you can write to',
     errno.EPERM: 'choose a folder you can write to',
     errno.EROFS: 'that file system is read-only; choose another folder',
+    errno.ENAMETOOLONG: 'choose a shorter name',
 }
 
 
@@ -40,11 +56,11 @@ def read_input_file(path: os.PathLike, what: str) -> bytes:
     """The bytes of an input file the user named (``what`` says which, e.g. ``caffemodel``), or one line saying
     why there are none: a directory, a missing, unreadable or empty file."""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f'{what} {path} is a directory; give the {what} file itself')
-    if not path.exists():
-        raise UserError(f'{what} {path} does not exist')
-    try:
+    try:  # a name longer than the file system allows fails even the checks (ENAMETOOLONG)
+        if path.is_dir():
+            raise UserError(f'{what} {path} is a directory; give the {what} file itself')
+        if not path.exists():
+            raise UserError(f'{what} {path} does not exist')
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f'cannot read {what} {path}: {e.strerror or e}; check the path and its permissions') from None
@@ -53,9 +69,31 @@ def read_input_file(path: os.PathLike, what: str) -> bytes:
     return data
 
 
+def printable_name(name: str) -> str:
+    """``name`` as text: bytes that are not UTF-8 (a name the OS accepts, which Python keeps as surrogates) shown as
+    ``\\xNN``, where text must be valid (a safetensors header, JSON that other tools read)."""
+    return os.fsencode(name).decode('utf-8', 'backslashreplace')
+
+
+def check_name(path: os.PathLike) -> Path:
+    """Refuse a path with a name (of the file or of a folder on the way) longer than its file system allows, before
+    any work is done; return the path."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        size = len(os.fsencode(part.name))
+        try:
+            limit = os.pathconf(part.parent, 'PC_NAME_MAX')
+        except (OSError, ValueError):
+            limit = 255  # the folder does not exist (yet): the limit of every common Linux file system
+        if size > limit:
+            raise UserError(f'the name {part.name} is {size} bytes long, more than the {limit} its file system '
+                            f'allows; choose a shorter name')
+    return path
+
+
 def check_can_write(path: os.PathLike, force: bool) -> Path:
     """Refuse to replace an existing output unless forced; return the path."""
-    path = Path(path)
+    path = check_name(path)
     if path.exists() and not force:
         raise UserError(f'{path} already exists; pass --force to overwrite it')
     if not path.parent.exists():
@@ -66,7 +104,7 @@ def check_can_write(path: os.PathLike, force: bool) -> Path:
 def check_output_file(path: os.PathLike, force: bool, *, parent_created_later: bool = False) -> Path:
     """Where an output *file* may be written: ``check_can_write``, and never over a directory or a device,
     even with ``force``. With ``parent_created_later`` a missing folder is fine: the caller makes it."""
-    path = Path(path)
+    path = check_name(path)
     if path.is_dir():
         raise UserError(f'{path} is a directory; give the path of a file to write (inside it, for example)')
     if path.exists() and not path.is_file():
@@ -93,7 +131,70 @@ def write_error(path: os.PathLike, error: Exception) -> UserError:
     return UserError(f'could not write {path}: {cause}; {fix} (nothing was written)')
 
 
-def _umask() -> int:
+def appeared_error(path: os.PathLike) -> UserError:
+    """The loser of a race for one output: someone else's file is kept."""
+    return UserError(f'{path} appeared while this command ran (another process wrote it) and was left as it is; '
+                     'nothing was written; pass --force to replace it')
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block is done, so that moving finished outputs into place is never cut short;
+    a Ctrl-C received meanwhile is delivered right after it (outside the main thread signals cannot be held)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if received:
+            signal.raise_signal(signal.SIGINT)
+
+
+def _renameat2_noreplace(source: Path, target: Path) -> bool:
+    """Linux's rename that fails with EEXIST instead of replacing; False where the kernel, libc or file system
+    does not offer it."""
+    import ctypes  # only here: the import is not free and most calls never reach this
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, 'renameat2', None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_noreplace = -100, 1
+    if renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_noreplace) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fsdecode(os.fsencode(target)))
+
+
+def move_no_replace(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target`` in one step unless ``target`` exists: then ``FileExistsError``, even when
+    another process creates ``target`` at the same moment."""
+    try:
+        if _renameat2_noreplace(source, target):
+            return
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
+        raise
+    if source.is_dir():  # rename(2) replaces only an empty folder, where nothing can be lost
+        try:
+            os.rename(source, target)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target)) from None
+            raise
+        return
+    os.link(source, target)  # a hard link never replaces: FileExistsError when target exists
+    os.unlink(source)
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it: set back at once)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -103,46 +204,204 @@ def _output_mode(path: Path) -> int:
     """The mode ``open(path, 'w')`` would leave: the existing file's, else 0o666 under the umask."""
     if path.is_file():
         return stat.S_IMODE(path.stat().st_mode)
-    return 0o666 & ~_umask()
+    return 0o666 & ~current_umask()
+
+
+def _temp_file(target: Path) -> Path:
+    try:
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=target.parent)
+    except OSError as e:
+        raise write_error(target, e) from None
+    os.close(fd)
+    return Path(name)
+
+
+def _sync(path: Path) -> None:
+    """The data on disk before the name points to it: a crash later cannot leave an empty file under the name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(pairs: Sequence[Tuple[Path, Path]], force: bool) -> None:
+    """Move each finished temporary file to its target; without ``force`` none replaces anything, and when one
+    target appeared meanwhile, those already moved go again: all or nothing. Ctrl-C waits for the moves only."""
+    for tmp, target in pairs:
+        try:
+            tmp.chmod(_output_mode(target) if force else 0o666 & ~current_umask())
+            _sync(tmp)
+        except OSError as e:
+            raise write_error(target, e) from None
+    placed: List[Path] = []
+    with interrupts_deferred():
+        try:
+            for tmp, target in pairs:
+                try:
+                    if force:
+                        os.replace(tmp, target)
+                    else:
+                        move_no_replace(tmp, target)
+                except FileExistsError:
+                    raise appeared_error(target) from None
+                except OSError as e:
+                    raise write_error(target, e) from None
+                placed.append(target)
+        except BaseException:
+            if not force:  # created just now by this process, exclusively: nobody else's
+                for target in placed:
+                    target.unlink(missing_ok=True)
+            raise
 
 
 @contextlib.contextmanager
-def atomic_output(path: os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``, on any error it is removed.
+def atomic_output(path: os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it becomes ``path``, on any error it is removed.
+    Without ``force`` an existing ``path`` is never replaced, even one created while the caller wrote.
 
     Whoever writes the temporary file may create it anew (safetensors does, with mode 0600): its mode is set
-    once it is written. An ``OSError`` while creating, writing or renaming it becomes ``write_error``'s one line.
+    once it is written. An ``OSError`` while creating, writing or moving it becomes ``write_error``'s one line.
     """
     path = Path(path)
+    tmp = None
     try:
-        fd, name = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.partial', dir=path.parent)
-    except OSError as e:
-        raise write_error(path, e) from None
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        tmp.chmod(_output_mode(path))
-        os.replace(tmp, path)
-    except OSError as e:
-        raise write_error(path, e) from None
+        with interrupts_deferred():  # a Ctrl-C now is raised only once the cleanup below knows the file
+            tmp = _temp_file(path)
+        try:
+            yield tmp
+        except OSError as e:
+            raise write_error(path, e) from None
+        _commit([(tmp, path)], force)
     finally:
-        tmp.unlink(missing_ok=True)
+        with interrupts_deferred():
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+
+
+def write_outputs(contents: Mapping[Path, Union[str, bytes]], force: bool = False) -> None:
+    """Write several files as one output: all of them appear, or none (see ``atomic_output``)."""
+    temps: List[Tuple[Path, Path]] = []
+    try:
+        for target, content in contents.items():
+            with interrupts_deferred():
+                temps.append((_temp_file(Path(target)), Path(target)))
+            tmp = temps[-1][0]
+            try:
+                if isinstance(content, bytes):
+                    tmp.write_bytes(content)
+                else:
+                    tmp.write_text(content, encoding='utf-8')
+            except OSError as e:
+                raise write_error(target, e) from None
+        _commit(temps, force)
+    finally:
+        with interrupts_deferred():
+            for tmp, _ in temps:
+                tmp.unlink(missing_ok=True)
+
+
+def file_lock(path: Path, what: str):
+    """An exclusive ``filelock`` on ``path`` (created if absent), waited for up to ``LOCK_TIMEOUT_S``; a holder
+    that keeps it longer is refused in one line naming ``what`` it guards."""
+    from filelock import FileLock, Timeout  # only the commands that lock a store slot or a folder import it
+
+    @contextlib.contextmanager
+    def held() -> Iterator[None]:
+        lock = FileLock(path, timeout=LOCK_TIMEOUT_S)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise UserError(f'another process has been writing {what} for over {LOCK_TIMEOUT_S:.0f} s (it holds '
+                            f'{path}); let it finish and run this again') from None
+        except OSError as e:
+            raise write_error(path, e) from None
+        try:
+            yield
+        finally:
+            lock.release()
+    return held()
+
+
+def lock_path(target: Path) -> Path:
+    """The lock file that guards ``target``: beside it, under a name short enough for any legal target name."""
+    digest = hashlib.sha256(os.fsencode(target.name)).hexdigest()[:16]
+    return target.parent / f'{TEMP_PREFIX}{digest}{LOCK_SUFFIX}'
+
+
+def read_manifest(directory: Path) -> Optional[dict]:
+    """The manifest of an output folder, or None when it has none (or one that is not ours)."""
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text(encoding='utf-8'))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get('files'), list):
+        return None
+    return manifest
+
+
+def check_output_directory(path: os.PathLike, force: bool, written_by: str) -> Path:
+    """Where ``output_directory`` may write: a new or empty folder, or with ``force`` an earlier output of
+    ``written_by`` (its manifest says so); never a folder holding files the command did not write."""
+    path = check_name(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f'{path} exists and is not a folder; choose a new folder')
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise UserError(f'the parent of {path} does not exist; create it first')
+        return path
+    names = sorted(name for name in os.listdir(path) if not name.startswith(TEMP_PREFIX))  # a lock, staging
+    if not names:
+        return path
+    manifest = read_manifest(path)
+    if manifest is None or manifest.get('written_by') != written_by:
+        raise UserError(f'{path} holds files {written_by} did not write (e.g. {names[0]}); it writes only into a '
+                        f'new or empty folder, or with --force over its own earlier output: choose another folder')
+    if not force:
+        raise UserError(f'{path} already holds an earlier output of {written_by}; pass --force to replace its files')
+    return path
 
 
 @contextlib.contextmanager
-def atomic_directory(path: os.PathLike) -> Iterator[Path]:
-    """Yield an empty directory beside ``path``; on success it replaces ``path`` (a file or folder there goes),
-    on any error it is removed. It gets the mode any new directory gets under the umask."""
-    path = Path(path)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.partial', dir=path.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make a published directory private to its writer
+def output_directory(path: os.PathLike, force: bool, written_by: str) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``path`` (inside it, if it exists); what the caller writes there becomes
+    ``path``'s content.
+
+    A new ``path`` appears in one step with all of it, and never replaces a folder that appeared meanwhile. An
+    existing empty ``path``, or with ``force`` an earlier output (``check_output_directory``), gets the new files
+    one by one, each in one step, under a ``filelock`` so that two writers do not interleave; files the command
+    did not write stay. New folders get the mode any new folder gets under the umask; the manifest lists the files.
+    """
+    path = check_output_directory(path, force, written_by)
+    staging = None
     try:
+        with interrupts_deferred():
+            # inside a folder that exists (its parent may not be writable, e.g. --output-dir .), else beside it
+            parent = path if path.is_dir() else path.absolute().parent
+            staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=parent))
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would make a published folder private
         yield staging
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        os.replace(staging, path)
+        files = sorted(os.listdir(staging))
+        (staging / MANIFEST_NAME).write_text(
+            json.dumps({'written_by': written_by, 'files': files}, indent=1) + '\n', encoding='utf-8')
+        if not path.exists():
+            with interrupts_deferred():
+                try:
+                    move_no_replace(staging, path)
+                    return
+                except FileExistsError:  # created meanwhile: written into only as an existing folder would be
+                    pass
+        check_output_directory(path, force, written_by)  # what is there now, before a lock file goes into it
+        with file_lock(path / _FOLDER_LOCK, f'into {path}'):
+            check_output_directory(path, force, written_by)  # again: what is there now, with the lock held
+            with interrupts_deferred():
+                for name in files:
+                    (staging / name).chmod(_output_mode(path / name))
+                    os.replace(staging / name, path / name)
+                os.replace(staging / MANIFEST_NAME, path / MANIFEST_NAME)  # last: it lists files all there
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with interrupts_deferred():
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)

@@ -2,22 +2,30 @@
 
 The store is where ``pretrained=True`` looks before the Hub: ``$TIMM_SKNET_HOME/<model>.<tag>/model.safetensors``,
 by default ``timm-sknet`` in the user cache directory (``$XDG_CACHE_HOME``, else ``~/.cache``).
-``convert-caffe CAFFEMODEL --model sknet50 --install`` writes there (``convert-pytorchinsight`` likewise);
-``timm-sknet installed`` lists it.
-Nothing here imports torch or timm, so convert-caffe stays light.
+``convert-caffe CAFFEMODEL --model sknet50 --install`` (``convert-pytorchinsight`` likewise) writes there
+(``install_weights``), together with ``install.json``, the record of what was installed: the slot folder appears
+with both files or not at all. ``timm-sknet installed`` lists it. Nothing here imports torch or timm, so
+convert-caffe stays light.
 """
+import contextlib
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Dict, List, NamedTuple
+from typing import Dict, Iterator, List, NamedTuple
 
 from safetensors import SafetensorError, safe_open
 
 from ..io.errors import UserError
-from ..io.files import check_output_file
+from ..io.files import (
+    TEMP_PREFIX, TEMP_SUFFIX, check_name, check_output_file, current_umask, file_lock, interrupts_deferred, lock_path,
+    move_no_replace, sha256_file, write_error)
 from .hub import HUB_WEIGHTS_FILENAME
 from .release import RELEASED_MODELS
 
 STORE_ENV = 'TIMM_SKNET_HOME'
+INSTALL_RECORD = 'install.json'  # {"sha256", "size" of model.safetensors, "model": "<model>.<tag>", "installed_by"}
 # Header metadata written by convert-caffe; the VERIFY_KEYS only when it ran with --verify.
 PROVENANCE_KEYS = (
     'source_file', 'source_size', 'source_sha256', 'model_name',
@@ -56,10 +64,85 @@ def installed_path(model_name_tag: str) -> Path:
 def install_target(model_name_tag: str, force: bool) -> Path:
     """Where ``convert-caffe --install`` writes ``model_name_tag``; an installed copy is replaced only when forced.
     The rules of any output file apply (``io.files.check_output_file``); the caller creates the folder."""
-    target = installed_path(model_name_tag)
+    target = check_name(installed_path(model_name_tag))
     if target.is_file() and not force:
         raise UserError(f'{model_name_tag} is already installed ({target}); pass --force to replace it')
     return check_output_file(target, force, parent_created_later=True)
+
+
+@contextlib.contextmanager
+def install_weights(model_name_tag: str, force: bool, installed_by: str) -> Iterator[Path]:
+    """Yield the path to write ``model.safetensors`` to; once written, ``<store>/<model_name_tag>/`` appears in one
+    step holding it and ``install.json``, or on any error (Ctrl-C included) nothing new is left in the store.
+
+    Installs of one slot take its ``filelock`` in turn, so two of them cannot both win: without ``force`` the
+    second is refused in one line and the first one's copy stays; with ``force`` a slot holding only these two
+    files is replaced whole, and one holding anything else is never touched.
+    """
+    root = store_dir()
+    slot = root / model_name_tag
+    weights_target = slot / HUB_WEIGHTS_FILENAME
+    made = []  # the folders of the store's root this call creates: removed again when it fails
+    staging = None
+    installed = False
+    try:
+        with interrupts_deferred():
+            for folder in reversed([root, *root.parents]):
+                try:
+                    folder.mkdir()
+                    made.append(folder)
+                except FileExistsError:
+                    pass
+            staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=root))
+        weights = staging / HUB_WEIGHTS_FILENAME
+        try:
+            yield weights
+        except OSError as e:
+            raise write_error(weights_target, e) from None
+        record = {'sha256': sha256_file(weights), 'size': weights.stat().st_size, 'model': model_name_tag,
+                  'installed_by': installed_by}
+        (staging / INSTALL_RECORD).write_text(json.dumps(record, indent=1) + '\n', encoding='utf-8')
+        for path in (weights, staging / INSTALL_RECORD):
+            with open(path, 'rb') as f:
+                os.fsync(f.fileno())
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the copy from other users
+        os.chmod(weights, 0o666 & ~current_umask())  # safetensors creates its file 0600
+        with file_lock(lock_path(slot), f'{model_name_tag} into the store {root}'):
+            _check_slot(slot, force)  # again, with the lock held: another install may have finished meanwhile
+            with interrupts_deferred():
+                if slot.exists():
+                    old = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=root))
+                    os.replace(slot, old)  # onto the empty folder just made, in one step
+                    os.replace(staging, slot)
+                    shutil.rmtree(old)
+                else:
+                    move_no_replace(staging, slot)
+                installed = True
+    except FileExistsError:
+        raise UserError(f'{model_name_tag} was installed by another process while this one ran ({slot}); it was '
+                        'left as it is; pass --force to replace it') from None
+    except OSError as e:
+        raise write_error(weights_target, e) from None
+    finally:
+        with interrupts_deferred():
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            for folder in reversed(made if not installed else []):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only while empty: nothing another process put there meanwhile goes
+
+
+def _check_slot(slot: Path, force: bool) -> None:
+    """A slot is replaced only with ``force``, and only while it holds nothing but what an install writes."""
+    if not slot.exists():
+        return
+    if not force:
+        raise UserError(f'{slot.name} is already installed ({slot / HUB_WEIGHTS_FILENAME}); pass --force to replace '
+                        'it')
+    others = sorted(set(os.listdir(slot)) - {HUB_WEIGHTS_FILENAME, INSTALL_RECORD}) if slot.is_dir() else [slot.name]
+    if others:
+        raise UserError(f'{slot} holds files an install did not write (e.g. {others[0]}); --force replaces only '
+                        'installed copies: move them out of the store first')
 
 
 class InstalledWeights(NamedTuple):
@@ -74,6 +157,8 @@ def installed_weights() -> List[InstalledWeights]:
     root = store_dir()
     found = []
     for path in sorted(root.glob(f'*/{HUB_WEIGHTS_FILENAME}')) if root.is_dir() else ():
+        if path.parent.name.startswith(TEMP_PREFIX):  # an install being written, or a replaced copy going
+            continue
         try:
             found.append(InstalledWeights(path.parent.name, path, read_metadata(path), ''))
         except UserError as e:

@@ -113,7 +113,7 @@ def test_installed_copy_is_replaced_only_with_force(caffemodel, tmp_path):
     forced = _convert_caffe(env, str(caffemodel), '--model', 'sknet50', '--install', '--force')
     assert forced.returncode == 0, forced.stderr
     _assert_same_conversion(installed, caffemodel.parent / 'sknet50.safetensors')
-    assert sorted(p.name for p in installed.parent.iterdir()) == ['model.safetensors']  # no staging file left
+    assert sorted(p.name for p in installed.parent.iterdir()) == ['install.json', 'model.safetensors']  # no staging
 
     both = _convert_caffe(env, str(caffemodel), '--model', 'sknet50', '--install', '--output', str(tmp_path / 'x'))
     assert both.returncode == 2 and 'not allowed with argument' in both.stderr

@@ -1,0 +1,74 @@
+"""convert-caffe: a caffemodel of the SKNet Caffe release -> timm safetensors, optionally verified.
+
+    convert-caffe SKNet-50.caffemodel --model sknet50 --install [--verify]
+    convert-caffe SKNet-50.caffemodel --model sknet50 --output sknet50.safetensors [--verify]
+
+``--install`` writes to the local weights store (``timm_sknet.weights.store``), which ``pretrained=True`` reads first.
+
+The converted weights expect timm's data config of the model (RGB, ``(x / 255 - mean) / std`` with the
+release's mean and a std of 1/255); ``--verify`` runs the caffemodel through OpenCV's Caffe importer under
+the release's own convention (BGR, 0..255 minus (104, 117, 123)) and compares the logits.
+
+Without ``--verify`` nothing here imports torch or timm: their import alone takes several times the memory
+of converting a 200 MB caffemodel (see ``convert.py``).
+"""
+import argparse
+from pathlib import Path
+
+from timm_sknet.io.errors import UserError
+
+from ..output import add_destination_arguments, destination, provenance, report_written, write_weights
+from .proto import read_caffemodel, read_prototxt
+from .convert import CAFFE_TAG, InferenceGraph, caffe_state_dict, convertible_models, target_spec
+
+VERIFY_IMAGES = 2  # generated images when no --image is given: enough for logits, quick on 2 CPU cores
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('caffemodel', help='the .caffemodel of the release (SKNet-50 or SKNet-101)')
+    parser.add_argument('--model', required=True, choices=convertible_models(), help='the timm model it holds')
+    add_destination_arguments(parser)
+    parser.add_argument(
+        '--prototxt', help="network definition to use instead of the one the caffemodel embeds (e.g. the "
+                           "release's sknet50.prototxt)")
+    parser.add_argument(
+        '--verify', action='store_true',
+        help="compare the converted model's logits with OpenCV's run of the caffemodel; fail above "
+             "1e-4 relative error (needs pip install 'timm-sknet[verify]')")
+    parser.add_argument(
+        '--image', action='append', metavar='FILE',
+        help=f'with --verify: an image to compare on (repeatable; default {VERIFY_IMAGES} generated images)')
+
+
+def run(args: argparse.Namespace) -> int:
+    name_tag = f'{args.model}.{CAFFE_TAG}'
+    output = destination(args, name_tag, args.caffemodel, 'caffemodel')
+    if args.image and not args.verify:
+        raise UserError('--image only has an effect with --verify')
+    spec = target_spec(args.model)
+    weights = read_caffemodel(args.caffemodel)
+    if args.prototxt:
+        graph_net = read_prototxt(args.prototxt)
+    elif not any(layer.type for layer in weights.layer):
+        raise UserError(f'{args.caffemodel} holds weights but no layer definitions; pass its --prototxt')
+    else:
+        graph_net = weights
+    graph = InferenceGraph(graph_net)
+    tensors = caffe_state_dict(graph, weights, spec)
+    print(f'{Path(args.caffemodel).name}: {len(graph.matches)} weighted layers -> {len(tensors)} tensors of '
+          f'{args.model} (BN num_batches_tracked left at 0)')
+
+    metadata = provenance(args.caffemodel, args.model)
+    if args.verify:
+        from .verify import verify_conversion  # imports torch and timm: only here
+        metadata.update(verify_conversion(graph, weights, tensors, args.model, args.image, VERIFY_IMAGES))
+    write_weights(tensors, output, metadata, args, name_tag, 'convert-caffe')
+    report_written(output, args.model, name_tag, args.install)
+    return 0
+
+
+def main() -> int:
+    """convert-caffe's work, once ``converters.caffe.cli.main`` has taken over errors and Ctrl-C."""
+    parser = argparse.ArgumentParser(prog='convert-caffe', description=__doc__.split('\n')[0])
+    configure_parser(parser)
+    return run(parser.parse_args())
