@@ -8,7 +8,7 @@ its work module is imported only after the arguments are parsed, so every ``--he
 import argparse
 import importlib
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple
 
 from ..io.errors import UserError
 
