@@ -1,5 +1,7 @@
 """``pretrained=True`` for timm-sknet's models: the local store first, then the Hub, else an error that says how
-to get the weights.
+to get the weights. An installed copy is checked before timm reads it (``store.installed_problem``: changed since
+install, damaged, not fitting the model, non-finite values); one that fails raises ``InstalledWeightsError``, naming
+the file, the problem and the mend, rather than safetensors' or torch's error or a model that predicts NaN.
 
 A model file's ``_create_*`` calls ``build_model_with_store`` where timm's own call ``build_model_with_cfg``.
 The store (``timm_sknet.weights.store``) holds what ``convert-caffe --install`` wrote; a copy there wins over the Hub and
@@ -7,15 +9,18 @@ is loaded through timm's own ``file`` source, so timm's scripts (``validate.py -
 """
 import logging
 from pathlib import Path
-from typing import Any, Callable, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
 
+import timm
+import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from timm.models import PretrainedCfg, build_model_with_cfg, resolve_pretrained_cfg
 
 from ..io.errors import UserError
 from .release import RELEASE_URL, RELEASED_MODELS
-from .store import installed_path
+from .store import (
+    INSTALL_RECORD_FILENAME, installed_path, installed_problem, read_install_record, refuse_installed)
 
 ModelT = TypeVar('ModelT')
 _logger = logging.getLogger(__name__)
@@ -48,6 +53,12 @@ def build_model_with_store(
     name = f'{variant}.{cfg.tag}' if cfg.tag else variant
     installed = installed_path(name)
     if installed.is_file():
+        problem = installed_problem(name, installed, model_shapes(variant))
+        if problem:
+            raise refuse_installed(name, installed, problem)
+        if read_install_record(name) is None:
+            _logger.warning(f'{name}: {installed} was installed without a record ({INSTALL_RECORD_FILENAME}), so a '
+                            'change since install cannot be seen; re-install it with --force to record it')
         _logger.info(f'{name}: loading the installed copy {installed} (the local store comes before the Hub)')
         kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=str(installed))
         return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
@@ -55,6 +66,16 @@ def build_model_with_store(
         return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
     except (HfHubHTTPError, EntryNotFoundError) as e:
         raise PretrainedWeightsNotFoundError(_not_found_message(name, cfg, installed, e)) from e
+
+
+def model_shapes(arch: str) -> Optional[Dict[str, Tuple[int, ...]]]:
+    """The shape of each tensor in ``arch``'s state dict as registered (built on the meta device: no memory, no
+    init); None when no model has that name."""
+    if not timm.is_model(arch):
+        return None
+    with torch.device('meta'):
+        model = timm.create_model(arch)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _not_found_message(name: str, cfg: PretrainedCfg, installed: Path, hub_error: Exception) -> str:
