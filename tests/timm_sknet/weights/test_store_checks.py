@@ -28,11 +28,12 @@ def _snapshot(root: Path) -> Dict[str, str]:
     return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob('*')) if p.is_file()}
 
 
-def _record(slot: Path, name: str = NAME) -> None:
+def _record(slot: Path) -> None:
     """The install record convert-caffe --install writes beside the copy (issue 20's agreed format)."""
     weights = slot / 'model.safetensors'
-    (slot / 'install.json').write_text(json.dumps({
-        'sha256': sha256_file(weights), 'size': weights.stat().st_size, 'model': name, 'installed_by': 'convert-caffe'}))
+    record = {'sha256': sha256_file(weights), 'size': weights.stat().st_size, 'model': NAME,
+              'installed_by': 'convert-caffe'}
+    (slot / 'install.json').write_text(json.dumps(record))
 
 
 def _state() -> Dict[str, torch.Tensor]:
