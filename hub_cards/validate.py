@@ -279,6 +279,8 @@ def _command_line(args: argparse.Namespace, sizes: List[int], output: Path) -> s
              '--input-size', *map(str, sizes)]
     if args.class_map is not None:
         words += ['--class-map', str(args.class_map)]
-    words += ['--batch-size', str(args.batch_size), '--workers', str(args.workers), '--device', args.device,
-              '--output', str(output), str(args.data_dir)]
+    words += ['--batch-size', str(args.batch_size), '--workers', str(args.workers), '--device', args.device]
+    if args.skip_unreadable:
+        words.append('--skip-unreadable')
+    words += ['--output', str(output), str(args.data_dir)]
     return shlex.join(words)

@@ -86,6 +86,7 @@ def test_skipped_image_is_listed_and_not_replaced_by_another(colour_weights, fol
     assert results['data']['image_count'] == len(IMAGES)
     assert [s['file'] for s in results['data']['skipped']] == ['val/c1/cut.jpg']
     assert results['data']['skipped'][0]['error'].startswith('OSError: ')
+    assert ' --skip-unreadable --output ' in results['command']
     (evaluation,) = results['evaluations']
     assert (evaluation['image_count'], evaluation['top1_correct'], evaluation['top5_correct']) == (
         len(IMAGES), TOP1_CORRECT, TOP5_CORRECT)
