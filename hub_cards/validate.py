@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import timm
 import torch
-from timm.data import create_dataset, create_loader, resolve_data_config
 from PIL import Image
+from timm.data import create_dataset, create_loader, resolve_data_config
 from timm.data.readers.img_extensions import get_img_extensions
 from torch import nn
 from tqdm import tqdm
@@ -120,7 +120,7 @@ def evaluate(
         persistent_workers=False, pin_memory=device.type == 'cuda', device=device)
     top_k = min(5, model.num_classes)
     correct1 = correct5 = 0
-    counted = 0
+    count = 0  # the images evaluated, each one decoded
     with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit='img', disable=None) as progress:
         try:
             for images, targets in loader:
@@ -128,14 +128,13 @@ def evaluate(
                 hits = logits.topk(top_k, dim=1).indices.cpu() == targets.unsqueeze(1)
                 correct1 += int(hits[:, 0].sum())
                 correct5 += int(hits.any(dim=1).sum())
-                counted += len(targets)
+                count += len(targets)
                 progress.update(len(targets))
         except UnreadableImageError as e:
             # from a loader worker the message comes wrapped in the worker's traceback, ours on its last line
             message = str(e).strip().splitlines()[-1].split(f'{UnreadableImageError.__name__}: ', 1)[-1]
             raise UserError(f'{message} (it decoded before the run began: did it change during the run?); '
                             'nothing was written') from None
-    count = counted
     return {
         'input_size': list(data_config['input_size']),
         'crop_pct': data_config['crop_pct'],

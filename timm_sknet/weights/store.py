@@ -85,7 +85,8 @@ def install_record_path(model_name_tag: str) -> Path:
 
 
 def read_install_record(model_name_tag: str) -> Optional[Dict]:
-    """The copy's install record; None when there is none (installed before records were kept)."""
+    """The copy's install record; None when there is none (installed before records were kept), and an empty dict
+    when it cannot be read."""
     path = install_record_path(model_name_tag)
     if not path.is_file():
         return None
