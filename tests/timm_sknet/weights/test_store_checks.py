@@ -143,7 +143,7 @@ def test_damaged_copy_is_marked_and_refused_in_one_exception(tmp_path, case):
     assert listing.returncode == 1, listing.stderr
     lines = listing.stdout.splitlines()
     assert lines[1].startswith(f'{NAME}  {weights}  (')
-    assert lines[2].startswith(f'  NEEDS MENDING: ') and says in lines[2] and lines[2].endswith(f'; {mend}')
+    assert lines[2].startswith('  NEEDS MENDING: ') and says in lines[2] and lines[2].endswith(f'; {mend}')
     if case in CHANGE_SHOWN:
         assert CHANGE_SHOWN[case] in lines[2] and 'when installed)' in lines[2]
     assert listing.stderr == ''
