@@ -32,11 +32,11 @@ def _truncated_jpeg(path: Path) -> None:
 
 
 def _validate(weights: Path, data: Path, output: Path, *extra: str, model: str = 'sknet26',
-              class_map: bool = True) -> subprocess.CompletedProcess:
+              class_map: bool = True, workers: int = 0) -> subprocess.CompletedProcess:
     maps = ['--class-map', str(data / 'classes.txt')] if class_map else []
     return subprocess.run(
         [str(BIN_DIR / 'timm-sknet'), 'validate', '--model', model, '--weights', str(weights), '--input-size', '224',
-         '--batch-size', '4', '--workers', '0', '--output', str(output), *maps, *extra, str(data)],
+         '--batch-size', '4', '--workers', str(workers), '--output', str(output), *maps, *extra, str(data)],
         capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
 
@@ -66,10 +66,12 @@ def folder_with_a_bad_jpeg(tmp_path) -> Path:
     return root
 
 
-def test_unreadable_image_stops_the_run_before_anything_is_written(colour_weights, folder_with_a_bad_jpeg, tmp_path):
+@pytest.mark.parametrize('workers', [0, 2])  # decoded in this process, or in a pool of two
+def test_unreadable_image_stops_the_run_before_anything_is_written(colour_weights, folder_with_a_bad_jpeg, tmp_path,
+                                                                   workers):
     before = _snapshot(folder_with_a_bad_jpeg)
     output = tmp_path / 'results.json'
-    proc = _validate(colour_weights, folder_with_a_bad_jpeg, output)
+    proc = _validate(colour_weights, folder_with_a_bad_jpeg, output, workers=workers)
     bad = folder_with_a_bad_jpeg / 'val' / 'c1' / 'cut.jpg'
     _assert_refused(proc, f'1 of {len(IMAGES) + 1} images do not decode, the first {bad} (OSError: ')
     assert '--skip-unreadable' in proc.stderr
