@@ -20,6 +20,8 @@ from timm_sknet.weights.release import (
 from timm_sknet.weights.store import PROVENANCE_KEYS, VERIFY_KEYS
 from timm_sknet.weights.loading import architecture
 
+from .results import check_complete
+
 TEMPLATE = 'templates/model_card.md'
 UNVALIDATED_SUMMARY = (
     '**These weights are unvalidated:** no accuracy has been measured on them, so this card makes no claim about '
@@ -37,8 +39,11 @@ def render_card(
 ) -> str:
     """README.md for ``repo_id`` holding ``model``'s weights; ``metadata`` is their safetensors header.
 
-    ``results`` must already be checked against the weights (``results.read_results``).
+    ``results`` must already be checked against the weights (``results.read_results``); results that skipped an
+    image or did not cover all of ImageNet-1k val are refused here too.
     """
+    if results:
+        check_complete(results, 'the results')
     arch = architecture(model_name)
     release = released_model(arch)
     missing = [k for k in PROVENANCE_KEYS if k not in metadata]

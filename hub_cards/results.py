@@ -6,9 +6,23 @@ from typing import Any, Dict
 from timm_sknet.io.errors import UserError
 from timm_sknet.weights.loading import architecture
 
-RESULTS_FORMAT = 'timm-sknet-validate/1'
+# /2: only decoded images count and the skipped ones are listed; /1 files counted whatever timm's loader gave
+RESULTS_FORMAT = 'timm-sknet-validate/2'
 IMAGENET_VAL_IMAGES = 50_000
 IMAGENET_CLASSES = 1000
+
+
+def check_complete(results: Dict[str, Any], source: str) -> None:
+    """Refuse results (read from ``source``) that skipped an image or did not cover all of ImageNet-1k val."""
+    data = results['data']
+    if data['skipped']:
+        raise UserError(
+            f"{source} skipped {len(data['skipped'])} unreadable images (the first {data['skipped'][0]['file']}); "
+            'replace them and validate again: a card quotes only results on every validation image')
+    if data['image_count'] != IMAGENET_VAL_IMAGES or data['num_classes'] != IMAGENET_CLASSES:
+        raise UserError(
+            f"{source} covers {data['image_count']} images of {data['num_classes']} classes, not the "
+            f'{IMAGENET_VAL_IMAGES} images of ImageNet-1k val; validate on the full validation set')
 
 
 def read_results(path: Path, weights: Path, weights_sha256: str, model_name: str) -> Dict[str, Any]:
@@ -22,19 +36,19 @@ def read_results(path: Path, weights: Path, weights_sha256: str, model_name: str
     try:
         is_results = results['format'] == RESULTS_FORMAT
         measured_sha256, measured_model, data = results['weights']['sha256'], results['model'], results['data']
-        image_count, num_classes = data['image_count'], data['num_classes']
+        is_results = is_results and isinstance(data['skipped'], list) and all(
+            isinstance(data[k], int) for k in ('image_count', 'num_classes'))
     except (KeyError, TypeError):
         is_results = False
     if not is_results:
-        raise UserError(f'{path} is not a timm-sknet validate results file (format {RESULTS_FORMAT})')
+        older = isinstance(results, dict) and str(results.get('format', '')).startswith('timm-sknet-validate/')
+        raise UserError(f'{path} is not a timm-sknet validate results file (format {RESULTS_FORMAT})' + (
+            '; an older validate wrote it, before images were decode-checked: validate again' if older else ''))
     if measured_sha256 != weights_sha256:
         raise UserError(
             f'{path} was measured on other weights (sha256 {measured_sha256[:12]}...) than {weights} '
             f'({weights_sha256[:12]}...); validate the weights being published')
     if architecture(measured_model) != architecture(model_name):
         raise UserError(f'{path} holds results for {measured_model}, not {model_name}')
-    if image_count != IMAGENET_VAL_IMAGES or num_classes != IMAGENET_CLASSES:
-        raise UserError(
-            f'{path} covers {image_count} images of {num_classes} classes, not the {IMAGENET_VAL_IMAGES} '
-            'images of ImageNet-1k val; validate on the full validation set')
+    check_complete(results, str(path))
     return results

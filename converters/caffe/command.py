@@ -14,12 +14,16 @@ of converting a 200 MB caffemodel (see ``convert.py``).
 """
 import argparse
 from pathlib import Path
+from typing import Any, Dict
+
+from google.protobuf.message import Message
 
 from timm_sknet.io.errors import UserError
 
 from ..output import add_destination_arguments, destination, provenance, report_written, write_weights
 from .proto import read_caffemodel, read_prototxt
 from .convert import CAFFE_TAG, InferenceGraph, caffe_state_dict, convertible_models, target_spec
+from .release_match import check_not_cut_short, check_prototxt_fits
 
 VERIFY_IMAGES = 2  # generated images when no --image is given: enough for logits, quick on 2 CPU cores
 
@@ -47,14 +51,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError('--image only has an effect with --verify')
     spec = target_spec(args.model)
     weights = read_caffemodel(args.caffemodel)
+    check_not_cut_short(weights, spec, args.caffemodel)
     if args.prototxt:
         graph_net = read_prototxt(args.prototxt)
+        check_prototxt_fits(graph_net, weights, args.prototxt, args.caffemodel)
     elif not any(layer.type for layer in weights.layer):
         raise UserError(f'{args.caffemodel} holds weights but no layer definitions; pass its --prototxt')
     else:
         graph_net = weights
-    graph = InferenceGraph(graph_net)
-    tensors = caffe_state_dict(graph, weights, spec)
+    try:
+        graph = InferenceGraph(graph_net)
+        tensors = caffe_state_dict(graph, weights, spec)
+    except UserError as e:
+        if graph_net is not weights and _converts_alone(weights, spec):
+            raise UserError(
+                f'--prototxt {args.prototxt} disagrees with the caffemodel, which converts with the layers it embeds: '
+                f'leave out --prototxt, or pass the prototxt released with it ({e})') from None
+        raise
     print(f'{Path(args.caffemodel).name}: {len(graph.matches)} weighted layers -> {len(tensors)} tensors of '
           f'{args.model} (BN num_batches_tracked left at 0)')
 
@@ -65,6 +78,17 @@ def run(args: argparse.Namespace) -> int:
     write_weights(tensors, output, metadata, args, name_tag, 'convert-caffe')
     report_written(output, args.model, name_tag, args.install)
     return 0
+
+
+def _converts_alone(weights: Message, spec: Dict[str, Any]) -> bool:
+    """Whether the caffemodel converts with its own embedded layer definitions (when a --prototxt did not)."""
+    if not any(layer.type for layer in weights.layer):
+        return False
+    try:
+        caffe_state_dict(InferenceGraph(weights), weights, spec)
+    except UserError:
+        return False
+    return True
 
 
 def main() -> int:

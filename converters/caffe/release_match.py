@@ -24,7 +24,7 @@ from .net_rules import (
     BN_TYPES, CORRUPT, WEIGHTED_TYPES, InferenceGraph, Node, Shape, axis_index, blob_count_error, check_blob_shapes, conv_pair, describe_node, layer_shapes, pool_window, scale_factor, slice_sizes, caffe_shapes)
 from .release_graph import release_graph
 
-__all__ = ['place_layers', 'release_input_shape']
+__all__ = ['check_not_cut_short', 'check_prototxt_fits', 'place_layers', 'release_input_shape']
 
 
 def _semantics(layer: Message, bottoms: List[Shape]) -> Dict[str, Any]:
@@ -221,3 +221,45 @@ def place_layers(graph: InferenceGraph, blobs: Dict[str, Sequence[Message]], spe
     placement = _Placement(_Graph(graph, {}, image), _Graph(release, caffe_shapes(release, image), image),
                            spec['architecture'])
     return placement.run(blobs)
+
+
+def _holds_blobs(layer: Message) -> bool:
+    return layer.type in WEIGHTED_TYPES or layer.type in BN_TYPES or (layer.type == 'Scale' and len(layer.bottom) == 1)
+
+
+def _weighted_names(layers: Sequence[Message]) -> List[str]:
+    return [layer.name for layer in layers if _holds_blobs(layer)]
+
+
+def check_not_cut_short(weights: Message, spec: Dict[str, Any], path: str) -> None:
+    """Refuse, as incomplete, a caffemodel that looks like the release's file cut short on a layer boundary (the
+    protobuf then parses): every layer holding blobs is one of the release's, and the classifier, whose blobs
+    come last, is among those it lacks."""
+    first_bn = next((layer.type for layer in weights.layer if layer.type in BN_TYPES), None)
+    release = _weighted_names(release_graph(spec, 'bvlc' if first_bn == 'BatchNorm' else 'cudnn').layer)
+    held = {layer.name for layer in weights.layer if len(layer.blobs)}
+    missing = [name for name in release if name not in held]
+    classifier = next(name for name in release if (m := match_layer(name)) and m.row.role == 'classifier')
+    if held and held <= set(release) and classifier in missing:
+        raise UserError(
+            f"{path} looks incomplete: it ends after layer '{weights.layer[-1].name}', without {len(missing)} of the "
+            f"release's {len(release)} layers with weights (the first: '{missing[0]}'), as a download cut short "
+            'does; download it again')
+
+
+def check_prototxt_fits(prototxt: Message, weights: Message, prototxt_path: str, caffemodel_path: str) -> None:
+    """A ``--prototxt`` must define a layer for each of the caffemodel's layers with blobs, and no layer with
+    weights that the caffemodel does not hold: otherwise it is the prototxt of another network."""
+    defined = _weighted_names(prototxt.layer)
+    held = [layer.name for layer in weights.layer if len(layer.blobs)]
+    undefined = [name for name in held if name not in set(defined)]
+    unfilled = [name for name in defined if name not in set(held)]
+    if undefined or unfilled:
+        found = [f"{len(unfilled)} of its layers with weights have none in the caffemodel (first: '{unfilled[0]}')"
+                 if unfilled else '',
+                 f"{len(undefined)} of the caffemodel's layers are not in it (first: '{undefined[0]}')"
+                 if undefined else '']
+        raise UserError(
+            f"--prototxt {prototxt_path} does not describe {caffemodel_path}: {' and '.join(f for f in found if f)}; "
+            'pass the prototxt released with this caffemodel, or leave out --prototxt if the caffemodel embeds '
+            'its layers')

@@ -33,7 +33,7 @@ def _results() -> dict:
     return {
         'format': RESULTS_FORMAT, 'model': 'sknet50',
         'weights': {'file': 'sknet50.safetensors', 'size': 110310704, 'sha256': WEIGHTS_SHA256},
-        'data': {'dir': '/data/imagenet/val', 'image_count': 50000, 'num_classes': 1000},
+        'data': {'dir': '/data/imagenet/val', 'image_count': 50000, 'num_classes': 1000, 'skipped': []},
         'evaluations': evaluations, 'device': 'cuda',
         'command': 'timm-sknet validate --model sknet50 --weights sknet50.safetensors /data/imagenet/val',
         'versions': {'timm_sknet': '0.1.0', 'timm': '1.0.31', 'torch': '2.15.0', 'python': '3.11.2'},
@@ -140,3 +140,16 @@ def test_card_refuses_weights_without_provenance(sknet50):
 def test_card_refuses_models_without_release(sknet50):
     with pytest.raises(UserError, match='no released Caffe weights'):
         render_card(sknet50, 'sknet26', 'someone/sknet26', WEIGHTS_SHA256, PROVENANCE)
+
+
+@pytest.mark.parametrize('case', ['skipped', 'subset'])
+def test_card_refuses_incomplete_results(sknet50, case):
+    """The card checks what publish checks: results on every image of ImageNet-1k val, none skipped."""
+    results = _results()
+    if case == 'skipped':
+        results['data']['skipped'] = [{'file': 'n01440764/bad.JPEG', 'error': 'OSError: image file is truncated'}]
+    else:
+        results['data']['image_count'] = 49999
+    message = {'skipped': 'skipped 1 unreadable images', 'subset': 'covers 49999 images of 1000 classes'}[case]
+    with pytest.raises(UserError, match=message):
+        render_card(sknet50, 'sknet50', 'someone/sknet50.caffe_in1k', WEIGHTS_SHA256, PROVENANCE, results)

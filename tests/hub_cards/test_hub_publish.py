@@ -17,11 +17,12 @@ from timm_sknet.io.files import MANIFEST_NAME, sha256_file
 
 REPO_ID = 'someone/sknet50.caffe_in1k'
 
-def _results(weights_sha256: str, image_count: int = 50000) -> dict:
+def _results(weights_sha256: str, image_count: int = 50000, skipped: tuple = ()) -> dict:
     return {
         'format': RESULTS_FORMAT, 'model': 'sknet50',
         'weights': {'file': 'sknet50.safetensors', 'size': 1, 'sha256': weights_sha256},
-        'data': {'dir': '/data/imagenet/val', 'image_count': image_count, 'num_classes': 1000},
+        'data': {'dir': '/data/imagenet/val', 'image_count': image_count, 'num_classes': 1000,
+                 'skipped': [{'file': f, 'error': 'OSError: image file is truncated'} for f in skipped]},
         'evaluations': [{
             'input_size': [3, 224, 224], 'crop_pct': 0.875, 'crop_mode': 'center', 'interpolation': 'bilinear',
             'image_count': image_count, 'top1_correct': 10, 'top5_correct': 30,
@@ -78,6 +79,8 @@ def test_dry_run_with_matching_results_has_model_index(monkeypatch, tmp_path, we
 USER_ERRORS = {  # case -> what the one-line message must say
     'results_for_other_weights': 'measured on other weights',
     'results_on_a_subset': 'covers 8 images',
+    'results_that_skipped_images': 'skipped 1 unreadable images (the first n01440764/bad.JPEG)',
+    'results_of_an_older_validate': 'an older validate wrote it, before images were decode-checked',
     'not_a_results_file': 'is not a timm-sknet validate results file',
     'missing_weights': 'does not exist',
     'wrong_model': 'holds sknet50 weights, not sknet101',
@@ -99,6 +102,16 @@ def test_publish_user_errors(monkeypatch, tmp_path, weights, capsys, case):
         extra += ['--results', str(tmp_path / 'r.json')]
     elif case == 'results_on_a_subset':
         (tmp_path / 'r.json').write_text(json.dumps(_results(sha256_file(weights), image_count=8)))
+        extra += ['--results', str(tmp_path / 'r.json')]
+    elif case == 'results_that_skipped_images':  # 50,000 decoded, one more skipped: still not the whole val set
+        results = _results(sha256_file(weights), skipped=('n01440764/bad.JPEG',))
+        (tmp_path / 'r.json').write_text(json.dumps(results))
+        extra += ['--results', str(tmp_path / 'r.json')]
+    elif case == 'results_of_an_older_validate':
+        results = _results(sha256_file(weights))
+        results['format'] = 'timm-sknet-validate/1'
+        del results['data']['skipped']
+        (tmp_path / 'r.json').write_text(json.dumps(results))
         extra += ['--results', str(tmp_path / 'r.json')]
     elif case == 'missing_weights':
         weights_arg = tmp_path / 'absent.safetensors'

@@ -107,7 +107,7 @@ def test_validate_known_top1_top5(monkeypatch, tmp_path, colour_weights, image_f
     assert results['weights']['sha256'] == sha256_file(colour_weights)
     assert results['weights']['size'] == colour_weights.stat().st_size
     assert results['data'] == {
-        'dir': str(image_folder.resolve()), 'image_count': len(IMAGES), 'num_classes': NUM_CLASSES}
+        'dir': str(image_folder.resolve()), 'image_count': len(IMAGES), 'num_classes': NUM_CLASSES, 'skipped': []}
     assert [e['input_size'] for e in results['evaluations']] == [[3, 224, 224], [3, 320, 320]]
     for evaluation in results['evaluations']:
         assert evaluation['crop_pct'] == 0.875 and evaluation['crop_mode'] == 'center'

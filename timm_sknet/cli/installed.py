@@ -1,5 +1,6 @@
-"""``timm-sknet installed``: what the local weights store holds, with each copy's provenance (its command line is
-in ``commands.py``)."""
+"""``timm-sknet installed``: what the local weights store holds, each copy re-checked (as installed, fits its model,
+every value finite) and marked with the command that mends it when it is not; exit status 1 when one needs mending.
+Its command line is in ``commands.py``."""
 import argparse
 import os
 
@@ -12,9 +13,20 @@ def run(args: argparse.Namespace) -> int:
     root = store_dir()
     where = f'{STORE_ENV}={root}' if os.environ.get(STORE_ENV) else f'{root} (set {STORE_ENV} to use another folder)'
     print(f'store: {where}')
-    found = installed_weights()
+    found = installed_weights(_model_shapes())
     if not found:
         print('nothing installed; install converted weights with: convert-caffe CAFFEMODEL --model sknet50 --install')
     for weights in found:
         print(describe(weights))
-    return 0
+    return 1 if any(weights.problem for weights in found) else 0
+
+
+def _model_shapes():
+    """``pretrained.model_shapes`` with the models registered. timm is imported first, as a user's code does: the
+    model modules import ``pretrained``, so importing it first would be circular."""
+    import timm  # noqa: F401  (torch and timm only once the arguments are parsed)
+
+    from .. import register_models
+    register_models()  # done by timm's import unless TIMM_SKNET_AUTOLOAD=0
+    from ..weights.pretrained import model_shapes
+    return model_shapes

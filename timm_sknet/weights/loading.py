@@ -33,7 +33,8 @@ def create_model_with_weights(model_name: str, weights: Path, **model_kwargs) ->
     """Build ``model_name`` in eval mode with the weights loaded exactly; return it and the file's metadata.
 
     The classifier width comes from the weights, so a checkpoint with any number of classes loads;
-    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``kernel_size`` for an M = 3 model).
+    ``model_kwargs`` go to ``timm.create_model`` (e.g. ``kernel_size`` for an M = 3 model). Weights that do not
+    fit the model, or that hold a NaN or an infinity, are refused in one line naming a tensor.
     """
     arch = architecture(model_name)
     metadata = read_metadata(weights)
@@ -47,6 +48,11 @@ def create_model_with_weights(model_name: str, weights: Path, **model_kwargs) ->
         raise UserError(f'{weights} has no {classifier}.weight, so it does not hold {arch} weights')
     model = create_model(model_name, **{'num_classes': classifier_weight.shape[0], **model_kwargs})
     _check_fits(model, state_dict, arch, weights)
+    non_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not v.isfinite().all()]
+    if non_finite:
+        raise UserError(
+            f'{weights} holds NaN or infinite values in {len(non_finite)} tensors (first: {non_finite[0]}), which would '
+            'make every prediction NaN; convert the caffemodel again (convert-caffe refuses non-finite blobs)')
     model.load_state_dict(state_dict)
     return model.eval(), metadata
 

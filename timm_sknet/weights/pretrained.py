@@ -1,13 +1,17 @@
 """``pretrained=True`` for timm-sknet's models: the local store first, then the Hub, else an error that says how
-to get the weights.
+to get the weights. An installed copy is checked before timm reads it (``store.installed_problem``: changed since
+install, damaged, not fitting the model, non-finite values); one that fails raises ``InstalledWeightsError``, naming
+the file, the problem and the mend, rather than safetensors' or torch's error or a model that predicts NaN.
 
 A model file's ``_create_*`` calls ``build_model_with_store`` where timm's own call ``build_model_with_cfg``.
 The store (``timm_sknet.weights.store``) holds what ``convert-caffe --install`` wrote; a copy there wins over the Hub and
 is loaded through timm's own ``file`` source, so timm's scripts (``validate.py --pretrained``) use it unchanged.
 """
 import logging
-from typing import Any, Callable, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Optional, Tuple, Type, TypeVar, Union
 
+import timm
+import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 from timm.models import build_model_with_cfg
@@ -15,6 +19,7 @@ from timm.models import build_model_with_cfg
 from ..io.errors import UserError
 from .release import PYTORCHINSIGHT_TAG, PYTORCHINSIGHT_URL, RELEASE_URL
 from .source import WeightsSource, weights_source
+from .store import INSTALL_RECORD, installed_problem, read_install_record, refuse_installed
 
 ModelT = TypeVar('ModelT')
 _logger = logging.getLogger(__name__)
@@ -45,6 +50,12 @@ def build_model_with_store(
     if not pretrained or source.caller_named_weights:
         return build_model_with_cfg(model_cls, variant, pretrained, **dict(kwargs, pretrained_cfg_overlay=overlay))
     if source.installed.is_file():
+        problem = installed_problem(source.name, source.installed, model_shapes(variant))
+        if problem:
+            raise refuse_installed(source.name, source.installed, problem)
+        if read_install_record(source.name) is None:
+            _logger.warning(f'{source.name}: {source.installed} was installed without a record ({INSTALL_RECORD}), '
+                            'so a change since install cannot be seen; re-install it with --force to record it')
         _logger.info(f'{source.name}: loading the installed copy {source.installed} (the local store comes before '
                      f'the Hub)')
         overlay['file'] = str(source.installed)
@@ -53,6 +64,16 @@ def build_model_with_store(
         return build_model_with_cfg(model_cls, variant, pretrained, **dict(kwargs, pretrained_cfg_overlay=overlay))
     except (HfHubHTTPError, EntryNotFoundError) as e:
         raise PretrainedWeightsNotFoundError(_not_found_message(source, e)) from e
+
+
+def model_shapes(arch: str) -> Optional[Dict[str, Tuple[int, ...]]]:
+    """The shape of each tensor in ``arch``'s state dict as registered (built on the meta device: no memory, no
+    init); None when no model has that name."""
+    if not timm.is_model(arch):
+        return None
+    with torch.device('meta'):
+        model = timm.create_model(arch)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _not_found_message(source: WeightsSource, hub_error: Exception) -> str:

@@ -196,8 +196,10 @@ def test_a_layer_the_weights_do_not_reveal_is_refused_by_the_graph_check(release
     code, out, err = run_convert(capsys, monkeypatch, caffemodel, '--model', 'sknet50', '--output', output,
                                  '--prototxt', prototxt, '--verify')
     assert code != 0 and 'verify:' not in out
-    assert err.startswith("convert-caffe: error: ReLU layer 'conv3_2/1x1_increase/relu' (reading "
-                          "'conv3_2/1x1_increase/bn') has no counterpart in the release graph")
+    assert err.startswith(f'convert-caffe: error: --prototxt {prototxt} disagrees with the caffemodel, which '
+                          'converts with the layers it embeds')
+    assert ("ReLU layer 'conv3_2/1x1_increase/relu' (reading 'conv3_2/1x1_increase/bn') has no counterpart in the "
+            'release graph') in err
     assert 'Traceback' not in err and list(tmp_path.iterdir()) == [prototxt]
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from hub_helpers import (
     BIN_DIR, FAIL_SCRIPT, NAMESPACE, client_env, convert_random_sknet50, free_port, load_pretrained)
 from support import run_cli
+from timm_sknet.io.files import sha256_file
 from timm_sknet.weights.release import RELEASE_URL
 from timm_sknet.weights.store import PROVENANCE_KEYS, STORE_ENV, installed_path, read_metadata, store_dir
 
@@ -150,21 +151,32 @@ def test_listing_shows_provenance_and_verify_figures(monkeypatch, capsys, tmp_pa
     installed_path('sknet26.untrained').parent.mkdir()
     installed_path('sknet26.untrained').write_bytes(b'not safetensors')
 
-    assert run_cli(monkeypatch, 'installed') == 0
+    assert run_cli(monkeypatch, 'installed') == 1  # a copy needs mending
     lines = capsys.readouterr().out.splitlines()
     size = {name: f'{installed_path(name).stat().st_size:,} bytes' for name in ('sknet101.caffe_in1k', NAME)}
     broken = installed_path('sknet26.untrained')
     source = (f'  converted from SKNet-101.caffemodel (195,512,345 bytes, sha256 {"a" * 64}) for sknet101 by '
               'timm-sknet 0.1.0')
+    # the stand-in tensors fit no model: each copy is marked, with its mend (test_store_checks.py: every fault)
     assert lines[0] == f'store: {STORE_ENV}={tmp_path}'
-    assert lines[1:3] == [
-        f'sknet101.caffe_in1k  {installed_path("sknet101.caffe_in1k")}  ({size["sknet101.caffe_in1k"]})', source]
-    assert lines[3] == (
+    assert lines[1] == f'sknet101.caffe_in1k  {installed_path("sknet101.caffe_in1k")}  ({size["sknet101.caffe_in1k"]})'
+    assert lines[2] == (
+        '  NEEDS MENDING: does not fit sknet101: 1054 missing tensors (first: conv1.weight), 1 of the wrong shape '
+        '(first: fc.bias is [3], sknet101 needs [1000]); re-install it: convert-caffe SKNet-101.caffemodel --model '
+        f'sknet101 --install --force (or delete it: rm -r {tmp_path / "sknet101.caffe_in1k"})')
+    assert lines[3] == source
+    assert lines[4] == (
         '  verified against opencv 4.14.0 on 2 images: max |logit diff| 2.15e-06, relative 1.46e-06, same top-5 on 2/2')
-    assert lines[4] == f'sknet26.untrained  {broken}  (15 bytes)'
-    assert lines[5].startswith(f'  unreadable: {broken} is not a readable safetensors file (')
-    assert lines[6:] == [
-        f'{NAME}  {installed_path(NAME)}  ({size[NAME]})', source, '  not verified (converted without --verify)']
+    assert lines[5] == f'sknet26.untrained  {broken}  (15 bytes)'
+    assert lines[6] == (
+        '  NEEDS MENDING: not a safetensors file (garbage): its first 8 bytes are no safetensors header length; '
+        f'delete it (rm -r {broken.parent}) or save good weights there')
+    assert lines[7] == f'{NAME}  {installed_path(NAME)}  ({size[NAME]})'
+    # converted for sknet101, so the mend names the sknet50 release file, not the file this one came from
+    assert lines[8].endswith(
+        f'; re-install it: convert-caffe SKNet-50.caffemodel --model sknet50 --install --force (or delete it: rm -r '
+        f'{tmp_path / NAME})')
+    assert lines[9:] == [source, '  not verified (converted without --verify)']
 
 
 def test_offline_without_installed_weights_says_how_to_install_them(tmp_path):
@@ -202,3 +214,43 @@ def test_dead_hub_and_no_installed_weights_give_the_guiding_error_within_60_s(de
         f'and the Hub repo {NAMESPACE}/{NAME} (model.safetensors at http://127.0.0.1:')
     assert 'convert-caffe SKNet-50.caffemodel --model sknet50 --install' in failure.message
     print(f'guiding error after {failure.seconds:.1f} s: {failure.message}')
+
+
+def test_damaged_install_is_marked_refused_and_mended_by_the_command_given(caffemodel, tmp_path):
+    """An installed sknet50 whose tensor turned NaN: ``installed`` marks it with a command, ``pretrained=True``
+    refuses it naming file, problem and that command, and running the command makes the store good again."""
+    store = tmp_path / 'store'
+    env = _offline_env(tmp_path, store)
+    installed = store / NAME / 'model.safetensors'
+    assert _convert_caffe(env, str(caffemodel), '--model', 'sknet50', '--install').returncode == 0
+    state = load_file(str(installed))
+    state['fc.bias'][7] = float('nan')
+    save_file(state, str(installed), read_metadata(installed))
+    damaged = sha256_file(installed)
+    mend = 'convert-caffe sknet50.caffemodel --model sknet50 --install --force'
+
+    listing = subprocess.run([str(BIN_DIR / 'timm-sknet'), 'installed'], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert listing.returncode == 1
+    assert listing.stdout.splitlines()[2] == (
+        '  NEEDS MENDING: 1 tensors hold NaN or infinite values (first: fc.bias), which would make its predictions '
+        f'NaN; re-install it: {mend} (or delete it: rm -r {store / NAME})')
+    load = subprocess.run([sys.executable, '-c', FAIL_SCRIPT, 'sknet50'], env=env, capture_output=True, text=True,
+                          timeout=300)
+    failure = _failures(load.stdout)['sknet50']
+    assert 'InstalledWeightsError' in failure.types and 'UserError' in failure.types
+    assert failure.message == (
+        f'the installed copy {installed} of {NAME} cannot be loaded: 1 tensors hold NaN or infinite values (first: '
+        f'fc.bias), which would make its predictions NaN; re-install it: {mend} (or delete it: rm -r {store / NAME})')
+    assert sha256_file(installed) == damaged  # neither command touched it
+
+    program, *words = mend.split()  # run as printed, from the folder holding the caffemodel
+    mended = subprocess.run([str(BIN_DIR / program), *words], cwd=caffemodel.parent, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert mended.returncode == 0, mended.stderr
+    _assert_same_conversion(installed, caffemodel.parent / 'sknet50.safetensors')
+    listing = subprocess.run([str(BIN_DIR / 'timm-sknet'), 'installed'], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert listing.returncode == 0 and 'NEEDS MENDING' not in listing.stdout
+    out, _ = load_pretrained(env, installed, tmp_path, registry='sknet50')
+    assert out['registry_same_weights'].item()
