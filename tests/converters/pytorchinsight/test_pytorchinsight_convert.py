@@ -56,7 +56,7 @@ def test_install_then_pretrained_gives_the_authors_logits(
         f'(optimizer state dropped; the file records epoch {EPOCH}, acc {ACC}, best_acc {BEST_ACC})',
         f"installed sk_resnet50.pytorchinsight_in1k as {installed}; timm.create_model('sk_resnet50', "
         'pretrained=True) loads it']
-    assert sorted(p.name for p in installed.parent.iterdir()) == ['model.safetensors']
+    assert sorted(p.name for p in installed.parent.iterdir()) == ['install.json', 'model.safetensors']
 
     with safe_open(str(installed), framework='pt') as f:
         metadata = f.metadata()
