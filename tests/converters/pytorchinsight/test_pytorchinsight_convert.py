@@ -69,6 +69,7 @@ def test_install_then_pretrained_gives_the_authors_logits(
     assert run_cli(monkeypatch, 'installed') == 0
     assert capsys.readouterr().out.splitlines()[1:] == [
         f'sk_resnet50.pytorchinsight_in1k  {installed}  ({installed.stat().st_size:,} bytes)',
+        '  checked: as installed (size and sha256), fits its model, every value finite',
         f"  converted from sk_resnet50.pth.tar ({sk_resnet50_checkpoint.stat().st_size:,} bytes, sha256 "
         f"{metadata['source_sha256']}) for sk_resnet50 by timm-sknet {metadata['timm_sknet_version']}",
         f'  the checkpoint records epoch {EPOCH}, acc {ACC}, best_acc {BEST_ACC}']
