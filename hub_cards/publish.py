@@ -33,32 +33,10 @@ from timm_sknet.weights.loading import architecture, create_model_with_weights
 from .card import render_card
 from .results import read_results
 
-__all__ = ['HELP', 'configure_parser', 'run']
-
-HELP = 'write or upload model.safetensors, config.json and a model card'
+__all__ = ['REPO_FILES', 'WRITTEN_BY', 'run']
 
 REPO_FILES = (HUB_WEIGHTS_FILENAME, 'config.json', 'README.md')
 WRITTEN_BY = 'timm-sknet publish'  # in the manifest of an --output-dir: --force replaces only such a folder's files
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--model', required=True, help='sknet50 or sknet101')
-    parser.add_argument('--weights', required=True, type=Path, metavar='W.safetensors',
-                        help='safetensors written by convert-caffe')
-    parser.add_argument('--repo-id', required=True, metavar='NAMESPACE/NAME',
-                        help='Hub repo, e.g. timm-sknet/sknet50.caffe_in1k (the name timm-sknet registers)')
-    parser.add_argument('--results', type=Path, metavar='RESULTS.json',
-                        help='timm-sknet validate results for exactly these weights on ImageNet-1k val; without '
-                             'them the card says the weights are not yet validated')
-    parser.add_argument('--allow-unvalidated', action='store_true',
-                        help='upload without --results: the card then says the weights are unvalidated')
-    parser.add_argument('--dry-run', action='store_true', help='write the files to --output-dir, upload nothing')
-    parser.add_argument('--output-dir', type=Path, metavar='DIR',
-                        help='where to write the repo files (required with --dry-run)')
-    parser.add_argument('--force', action='store_true',
-                        help="replace the files of an earlier publish in --output-dir (it never touches other files)")
-    parser.add_argument('--private', action='store_true', help='create the repo private (if it does not exist yet)')
-    parser.add_argument('--revision', help='branch to commit to (created if missing; default main)')
 
 
 def run(args: argparse.Namespace) -> int:

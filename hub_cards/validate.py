@@ -32,38 +32,15 @@ from timm_sknet.weights.loading import create_model_with_weights
 
 from .results import RESULTS_FORMAT
 
-__all__ = ['HELP', 'configure_parser', 'run']
-
-HELP = 'measure top-1/top-5 of weights on an ImageFolder / ImageNet val'
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('data_dir', metavar='DATA_DIR', type=Path,
-                        help='ImageNet val as an ImageFolder: DATA_DIR/<synset>/*.JPEG (or DATA_DIR/val/<synset>/...)')
-    parser.add_argument('--model', required=True, help='registered model name, e.g. sknet50')
-    parser.add_argument('--weights', required=True, type=Path, metavar='W.safetensors',
-                        help='safetensors written by convert-caffe')
-    parser.add_argument('--input-size', type=int, nargs='+', metavar='PX',
-                        help="square input sizes to evaluate, each with the pretrained crop and interpolation "
-                             "(default: the model's input size and test size, 224 320 for the released SKNets)")
-    parser.add_argument('--class-map', type=Path, metavar='FILE.txt',
-                        help='text file of class folder names, one per line in class-index order; needed when '
-                             'DATA_DIR holds a subset of the classes')
-    parser.add_argument('--batch-size', type=int, default=64)
-    parser.add_argument('--workers', type=int, default=4, help='data loading processes')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--skip-unreadable', action='store_true',
-                        help='leave out images that do not decode, and list them in the results (which publish '
-                             'refuses); without it an unreadable image stops the run')
-    parser.add_argument('--output', '-o', type=Path, metavar='RESULTS.json',
-                        help='results JSON (default: ./<model>-results.json)')
-    parser.add_argument('--force', action='store_true', help='overwrite an existing results JSON')
+__all__ = ['DecodedImages', 'UnreadableImageError', 'evaluate', 'run']
 
 
 def run(args: argparse.Namespace) -> int:
     output = check_can_write(args.output or Path(f'{args.model}-results.json'), args.force)
     if args.class_map is not None and (args.class_map.suffix != '.txt' or not args.class_map.is_file()):
         raise UserError(f'class map {args.class_map} is not an existing .txt file (one class folder name per line)')
+    if args.device is None:
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     device = _available_device(args.device)
     found = _find_images(args.data_dir, args.class_map)
     model, _ = create_model_with_weights(args.model, args.weights)
@@ -279,7 +256,7 @@ class DecodedImages(torch.utils.data.Dataset):
 def _command_line(args: argparse.Namespace, sizes: List[int], output: Path) -> str:
     """The command that reproduces these results, defaults spelled out."""
     words = ['timm-sknet', 'validate', '--model', args.model, '--weights', str(args.weights),
-             '--input-size', *map(str, sizes)]
+             '--input-size', ','.join(map(str, sizes))]
     if args.class_map is not None:
         words += ['--class-map', str(args.class_map)]
     words += ['--batch-size', str(args.batch_size), '--workers', str(args.workers), '--device', args.device]

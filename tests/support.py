@@ -1,5 +1,11 @@
-"""Helpers shared by the tests: BatchNorms worth folding or converting, the CLI run in-process."""
+"""Helpers shared by the tests: BatchNorms worth folding or converting, the CLI run in-process, a command's --help
+timed in a fresh interpreter."""
+import argparse
+import json
+import subprocess
 import sys
+import time
+from typing import List, NamedTuple
 
 import pytest
 import torch
@@ -28,3 +34,39 @@ def run_cli(monkeypatch, *argv: str) -> int:
     with pytest.raises(SystemExit) as exit_info:
         main()
     return exit_info.value.code
+
+
+class HelpRun(NamedTuple):
+    code: int
+    out: str
+    seconds: float  # wall time of the whole process, interpreter start included
+    heavy_modules: List[str]  # of torch, timm, numpy's C parts... that the process imported before exiting
+
+
+_HELP_PROBE = """
+import importlib, json, sys
+module, sys.argv = sys.argv[1], sys.argv[2:]
+try:
+    importlib.import_module(module).main()
+    code = 0
+except SystemExit as e:
+    code = e.code
+print(json.dumps(dict(code=code, heavy=sorted(m for m in ('torch', 'timm', 'transformers') if m in sys.modules))),
+      file=sys.stderr)
+"""
+
+
+def run_help(module: str, prog: str, *argv: str) -> HelpRun:
+    """``prog ARGV --help`` as its console script runs it (``module.main()``), in a fresh interpreter."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, '-c', _HELP_PROBE, module, prog, *argv, '--help'],
+                          capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - start
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    return HelpRun(report['code'], proc.stdout, seconds, report['heavy'])
+
+
+def options_without_help(parser: argparse.ArgumentParser) -> List[str]:
+    """The options and arguments of ``parser`` that say nothing about themselves in --help."""
+    return [action.dest for action in parser._actions  # argparse has no public list of a parser's arguments
+            if not isinstance(action, argparse._HelpAction) and not action.help]

@@ -97,8 +97,8 @@ def image_folder(tmp_path_factory) -> Path:
 
 def test_validate_known_top1_top5(monkeypatch, tmp_path, colour_weights, image_folder, capsys):
     output = tmp_path / 'results.json'
-    code = run_cli(
-        monkeypatch, 'validate', '--model', 'sknet26', '--weights', str(colour_weights), '--input-size', '224', '320',
+    code = run_cli(  # the data folder last: the list option before it takes one value
+        monkeypatch, 'validate', '--model', 'sknet26', '--weights', str(colour_weights), '--input-size', '224,320',
         '--class-map', str(image_folder / 'classes.txt'), '--batch-size', '3', '--workers', '0', '--device', 'cpu',
         '--output', str(output), str(image_folder))
     assert code == 0
@@ -116,7 +116,7 @@ def test_validate_known_top1_top5(monkeypatch, tmp_path, colour_weights, image_f
         assert evaluation['top1'] == 100 * TOP1_CORRECT / len(IMAGES)
         assert evaluation['top5'] == 100 * TOP5_CORRECT / len(IMAGES)
     assert results['command'].startswith('timm-sknet validate --model sknet26 --weights ')
-    assert '--input-size 224 320' in results['command']
+    assert '--input-size 224,320' in results['command']
     assert results['versions']['timm'] == timm.__version__
     assert results['versions']['torch'] == torch.__version__
     assert results['versions']['timm_sknet'] == timm_sknet.__version__
