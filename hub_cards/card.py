@@ -18,7 +18,6 @@ from timm_sknet.weights.hub import DEFAULT_HUB_NAMESPACE, HUB_NAMESPACE_ENV
 from timm_sknet.weights.release import (
     CITATION, PAPER_AUTHORS, PAPER_TITLE, PAPER_URL, RELEASE_URL, ReleasedModel, released_model)
 from timm_sknet.weights.store import PROVENANCE_KEYS, VERIFY_KEYS
-from timm_sknet.weights.loading import architecture
 
 from .results import check_complete
 
@@ -31,20 +30,20 @@ TAGS = ['image-classification', 'timm', 'sknet', 'selective-kernel']
 
 def render_card(
         model: nn.Module,
-        model_name: str,
+        arch: str,
         repo_id: str,
         weights_sha256: str,
         metadata: Dict[str, str],
         results: Optional[Dict[str, Any]] = None,
 ) -> str:
-    """README.md for ``repo_id`` holding ``model``'s weights; ``metadata`` is their safetensors header.
+    """README.md for ``repo_id`` holding ``model``'s weights (``arch``: its registered architecture, as the command
+    resolved it); ``metadata`` is their safetensors header.
 
     ``results`` must already be checked against the weights (``results.read_results``); results that skipped an
     image or did not cover all of ImageNet-1k val are refused here too.
     """
     if results:
         check_complete(results, 'the results')
-    arch = architecture(model_name)
     release = released_model(arch)
     missing = [k for k in PROVENANCE_KEYS if k not in metadata]
     if missing:

@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     model, metadata = create_model_with_weights(args.model, args.weights)
     weights_sha256 = sha256_file(args.weights)
-    results = read_results(args.results, args.weights, weights_sha256, args.model) if args.results else None
-    card = render_card(model, args.model, args.repo_id, weights_sha256, metadata, results)
+    results = read_results(args.results, args.weights, weights_sha256, arch) if args.results else None
+    card = render_card(model, arch, args.repo_id, weights_sha256, metadata, results)
 
     if args.dry_run:
         with output_directory(args.output_dir, args.force, WRITTEN_BY) as staging:

@@ -25,8 +25,9 @@ def check_complete(results: Dict[str, Any], source: str) -> None:
             f'{IMAGENET_VAL_IMAGES} images of ImageNet-1k val; validate on the full validation set')
 
 
-def read_results(path: Path, weights: Path, weights_sha256: str, model_name: str) -> Dict[str, Any]:
-    """Load results measured on exactly ``weights`` (by sha256), for ``model_name``, over all of ImageNet-1k val."""
+def read_results(path: Path, weights: Path, weights_sha256: str, arch: str) -> Dict[str, Any]:
+    """Load results measured on exactly ``weights`` (by sha256), for the architecture ``arch``, over all of ImageNet-1k
+    val."""
     if not path.is_file():
         raise UserError(f'results file {path} does not exist; create it with timm-sknet validate')
     try:
@@ -48,7 +49,7 @@ def read_results(path: Path, weights: Path, weights_sha256: str, model_name: str
         raise UserError(
             f'{path} was measured on other weights (sha256 {measured_sha256[:12]}...) than {weights} '
             f'({weights_sha256[:12]}...); validate the weights being published')
-    if architecture(measured_model) != architecture(model_name):
-        raise UserError(f'{path} holds results for {measured_model}, not {model_name}')
+    if architecture(measured_model) != arch:
+        raise UserError(f'{path} holds results for {measured_model}, not {arch}')
     check_complete(results, str(path))
     return results
