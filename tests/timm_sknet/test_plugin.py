@@ -188,13 +188,15 @@ print(json.dumps(dict(before=before, registered=timm.is_model('sknet50'), after=
     assert result['registered'] and result['after']['hooks_waiting'] == 0
 
 
-def test_importing_a_model_module_first_still_registers(wheel_install):
-    """``timm_sknet.models.sk_conv`` imports timm mid-way through itself: the hook must still register every model."""
-    result = wheel_install.run('''
-import warnings
+@pytest.mark.parametrize('first', ['timm_sknet.models.sk_conv', 'timm_sknet.weights.pretrained',
+                                   'timm_sknet.models.sk_resnet'])
+def test_importing_a_package_module_first_still_registers(wheel_install, first):
+    """These modules import timm mid-way through themselves: the hook must still register every model."""
+    result = wheel_install.run(f'''
+import importlib, warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
-    from timm_sknet.models.sk_conv import SKConv
+    importlib.import_module({first!r})
     import timm
 print(json.dumps(dict(registered=timm.is_model('sknet50'), model=type(timm.create_model('sknet26')).__name__,
                       warnings=[str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)])))

@@ -22,11 +22,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _model_shapes():
-    """``pretrained.model_shapes`` with the models registered. timm is imported first, as a user's code does: the
-    model modules import ``pretrained``, so importing it first would be circular."""
-    import timm  # noqa: F401  (torch and timm only once the arguments are parsed)
-
+    """``pretrained.model_shapes``, with the models registered (torch and timm only once the arguments are parsed)."""
     from .. import register_models
-    register_models()  # done by timm's import unless TIMM_SKNET_AUTOLOAD=0
+    register_models()  # importing timm does it too, unless TIMM_SKNET_AUTOLOAD=0
     from ..weights.pretrained import model_shapes
     return model_shapes

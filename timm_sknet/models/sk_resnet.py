@@ -20,9 +20,9 @@ from timm.models import ResNet, checkpoint_seq, generate_default_cfgs, get_pretr
 
 from ..weights.hub import hub_source
 from .timm_internals import feature_take_indices
-from ..weights.pretrained import build_model_with_store
 from ..weights.release import CAFFE_BGR_MEAN
 # modules, not their names: the autoload hook may import this file while one of them is mid-import
+from ..weights import pretrained as pretrained_weights
 from . import deploy, sk_conv
 
 __all__ = ['SKBasicBlock', 'SKBottleneck', 'SKNet']
@@ -332,7 +332,7 @@ def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:
     num_taps = len(kwargs['layers']) + 1  # the stem, then every stage
     # pretrained=True: the copy convert-caffe --install put in the local store, else the Hub, else an error that
     # names both and how to install the weights
-    return build_model_with_store(
+    return pretrained_weights.build_model_with_store(
         SKNet, variant, pretrained, feature_cfg=dict(out_indices=tuple(range(num_taps))), **kwargs)
 
 

@@ -18,9 +18,9 @@ from torch import nn
 from timm.layers import ClassifierHead, LayerType, get_act_layer, get_device_dtype, get_norm_layer
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 
-from ..weights.pretrained import build_model_with_store
 from .timm_internals import feature_take_indices
 # modules, not their names: the autoload hook may import this file while one of them is mid-import
+from ..weights import pretrained as pretrained_weights
 from . import deploy, sk_conv
 
 __all__ = ['SKShuffleNetV2']
@@ -311,7 +311,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
 
 def _create_sk_shufflenet(variant: str, pretrained: bool = False, **kwargs) -> SKShuffleNetV2:
     num_taps = len(kwargs.get('stage_repeats', (4, 8, 4))) + 2  # the stem conv, its max pool, then every stage
-    return build_model_with_store(
+    return pretrained_weights.build_model_with_store(
         SKShuffleNetV2, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(num_taps))), **kwargs)
 
