@@ -178,7 +178,7 @@ def test_cli_numbers_equal_a_direct_computation(tmp_path, image_dir, model_kwarg
     weights_file = tmp_path / 'w.safetensors'
     save_file(trained, weights_file)
     out = tmp_path / 'out'
-    kwargs_args = ['--model-kwargs', 'kernel_size=(3,5,7)', 'split_input=False'] if model_kwargs else []
+    kwargs_args = ['--model-kwargs', 'kernel_size=(3,5,7)', '--model-kwargs', 'split_input=False'] if model_kwargs else []
     assert _attention_cli([
         '--model', 'sk_resnet18', *kwargs_args, '--weights', weights_file, '--img-size', IMG_SIZE,
         '--scales', ','.join(map(str, SCALES)), '--workers', 0, '--batch-size', 8, '--units', 'SK_3_2', '--out', out,

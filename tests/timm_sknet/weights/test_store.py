@@ -223,6 +223,7 @@ def test_damaged_install_is_marked_refused_and_mended_by_the_command_given(caffe
     env = _offline_env(tmp_path, store)
     installed = store / NAME / 'model.safetensors'
     assert _convert_caffe(env, str(caffemodel), '--model', 'sknet50', '--install').returncode == 0
+    installed_sha256 = sha256_file(installed)
     state = load_file(str(installed))
     state['fc.bias'][7] = float('nan')
     save_file(state, str(installed), read_metadata(installed))
@@ -232,16 +233,19 @@ def test_damaged_install_is_marked_refused_and_mended_by_the_command_given(caffe
     listing = subprocess.run([str(BIN_DIR / 'timm-sknet'), 'installed'], env=env, capture_output=True, text=True,
                              timeout=300)
     assert listing.returncode == 1
+    # convert-caffe recorded the sha256 at install: the edit shows as a change too
+    changed = f'changed since install: sha256 {damaged[:16]}..., {installed_sha256[:16]}... when installed'
     assert listing.stdout.splitlines()[2] == (
         '  NEEDS MENDING: 1 tensors hold NaN or infinite values (first: fc.bias), which would make its predictions '
-        f'NaN; re-install it: {mend} (or delete it: rm -r {store / NAME})')
+        f'NaN ({changed}); re-install it: {mend} (or delete it: rm -r {store / NAME})')
     load = subprocess.run([sys.executable, '-c', FAIL_SCRIPT, 'sknet50'], env=env, capture_output=True, text=True,
                           timeout=300)
     failure = _failures(load.stdout)['sknet50']
     assert 'InstalledWeightsError' in failure.types and 'UserError' in failure.types
     assert failure.message == (
         f'the installed copy {installed} of {NAME} cannot be loaded: 1 tensors hold NaN or infinite values (first: '
-        f'fc.bias), which would make its predictions NaN; re-install it: {mend} (or delete it: rm -r {store / NAME})')
+        f'fc.bias), which would make its predictions NaN ({changed}); re-install it: {mend} (or delete it: rm -r '
+        f'{store / NAME})')
     assert sha256_file(installed) == damaged  # neither command touched it
 
     program, *words = mend.split()  # run as printed, from the folder holding the caffemodel

@@ -14,13 +14,17 @@ from timm_sknet.weights.store import install_weights, installed_weights
 SLOT = 'sknet50.caffe_in1k'
 
 
+def _no_model(arch):  # the listing's model shapes: this test's slot holds no model's weights
+    return None
+
+
 def test_the_slot_appears_whole_and_the_listing_shows_it_only_then(tmp_path, monkeypatch):
     store = tmp_path / 'store'
     monkeypatch.setenv('TIMM_SKNET_HOME', str(store))
     with install_weights(SLOT, False, 'test') as weights:
         save_file({'w': np.ones(3, dtype=np.float32)}, str(weights))
-        assert installed_weights() == [] and not (store / SLOT).exists()  # written, not yet installed
-    assert [w.name for w in installed_weights()] == [SLOT]
+        assert installed_weights(_no_model) == [] and not (store / SLOT).exists()  # written, not yet installed
+    assert [w.name for w in installed_weights(_no_model)] == [SLOT]
     installed = store / SLOT / 'model.safetensors'
     assert sorted(os.listdir(store / SLOT)) == ['install.json', 'model.safetensors']
     assert json.loads((store / SLOT / 'install.json').read_text()) == {
