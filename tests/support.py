@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 import time
-from typing import List, NamedTuple
+from typing import Callable, List, NamedTuple, Tuple
 
 import pytest
 import torch
@@ -70,3 +70,14 @@ def options_without_help(parser: argparse.ArgumentParser) -> List[str]:
     """The options and arguments of ``parser`` that say nothing about themselves in --help."""
     return [action.dest for action in parser._actions  # argparse has no public list of a parser's arguments
             if not isinstance(action, argparse._HelpAction) and not action.help]
+
+
+def in_process_command(prog: str, main: Callable[[], None], capsys, monkeypatch) -> Callable[..., Tuple[int, str, str]]:
+    """``prog ARGS`` through its console entry point ``main``, in this process: (exit code, stdout, stderr)."""
+    def run(*args) -> Tuple[int, str, str]:
+        monkeypatch.setattr(sys, 'argv', [prog, *map(str, args)])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err
+    return run

@@ -1,5 +1,4 @@
 """Fixtures of the converter tests: a release-format SKNet-50 caffemodel, and convert-caffe run in this process."""
-import sys
 from pathlib import Path
 from typing import Callable, Tuple
 
@@ -7,6 +6,7 @@ import pytest
 import timm
 
 import timm_sknet  # noqa: F401  (registers the models)
+from support import in_process_command
 from converters.caffe.cli import main as convert_main
 from converters.caffe.writer import write_caffemodel
 
@@ -29,13 +29,7 @@ def out_dir(tmp_path) -> Path:
 @pytest.fixture
 def convert_caffe(capsys, monkeypatch) -> Callable[..., Tuple[int, str, str]]:
     """``convert-caffe ARGS`` in this process (torch is already imported): (exit code, stdout, stderr)."""
-    def run(*args) -> Tuple[int, str, str]:
-        monkeypatch.setattr(sys, 'argv', ['convert-caffe', *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            convert_main()
-        out, err = capsys.readouterr()
-        return exit_info.value.code, out, err
-    return run
+    return in_process_command('convert-caffe', convert_main, capsys, monkeypatch)
 
 
 @pytest.fixture

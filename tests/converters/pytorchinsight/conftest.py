@@ -1,6 +1,6 @@
 """Fixtures of the convert-pytorchinsight tests: the authors' SK-ResNet-50 state dict (random weights, their names),
-its checkpoint in their exact format, and convert-pytorchinsight run in this process."""
-import sys
+its checkpoint in their exact format, and convert-pytorchinsight run in this process (``out_dir`` comes from
+tests/converters/conftest.py)."""
 from pathlib import Path
 from typing import Callable, Dict, Tuple
 
@@ -9,6 +9,7 @@ import torch
 
 from authors_checkpoint import authors_state_dict, save_authors_checkpoint
 from converters.pytorchinsight.cli import main as convert_main
+from support import in_process_command
 
 
 @pytest.fixture(scope='session')
@@ -24,22 +25,9 @@ def sk_resnet50_checkpoint(sk_resnet50_state, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def out_dir(tmp_path) -> Path:
-    path = tmp_path / 'out'
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def convert_pytorchinsight(capsys, monkeypatch) -> Callable[..., Tuple[int, str, str]]:
     """``convert-pytorchinsight ARGS`` in this process (torch is already imported): (exit code, stdout, stderr)."""
-    def run(*args) -> Tuple[int, str, str]:
-        monkeypatch.setattr(sys, 'argv', ['convert-pytorchinsight', *map(str, args)])
-        with pytest.raises(SystemExit) as exit_info:
-            convert_main()
-        out, err = capsys.readouterr()
-        return exit_info.value.code, out, err
-    return run
+    return in_process_command('convert-pytorchinsight', convert_main, capsys, monkeypatch)
 
 
 @pytest.fixture
