@@ -1,18 +1,9 @@
-"""The convert-pytorchinsight console command (the conversion itself: ``converters.pytorchinsight.command``).
-
-This module imports nothing heavy, so that Ctrl-C at any moment after the interpreter starts, the long imports
-included, ends in one line and exit code 130.
-"""
-from timm_sknet.io.errors import run_cli
-
-
-def _convert() -> int:
-    from .command import main  # numpy and safetensors (torch only after parsing): imported once run_cli handles Ctrl-C
-    return main()
+"""The convert-pytorchinsight console command: the conversion itself is ``converters.pytorchinsight.command``, imported once Ctrl-C is handled."""
+from timm_sknet.io.errors import run_command
 
 
 def main() -> None:
-    run_cli('convert-pytorchinsight', _convert)
+    run_command('convert-pytorchinsight', 'converters.pytorchinsight.command')
 
 
 if __name__ == '__main__':

@@ -1,17 +1,8 @@
 """timm-sknet: the project's commands (validate weights, publish them to the Hub, list the installed ones,
-analyse SK attention); the dispatcher and the ``Command`` a command is registered as are in ``dispatch.py``.
-
-This module imports nothing heavy, so that Ctrl-C at any moment after the interpreter starts ends in one line.
-"""
-import sys
-
-from ..io.errors import run_cli
-
-
-def _dispatch() -> int:
-    from .dispatch import dispatch  # argparse and importlib.metadata: imported once run_cli handles Ctrl-C
-    return dispatch(sys.argv[1:])
+analyse SK attention). The dispatcher, and the ``Command`` a command is registered as, are in ``dispatch.py``,
+imported once Ctrl-C is handled."""
+from ..io.errors import run_command
 
 
 def main() -> None:
-    run_cli('timm-sknet', _dispatch)
+    run_command('timm-sknet', 'timm_sknet.cli.dispatch')

@@ -7,12 +7,13 @@ its work module is imported only after the arguments are parsed, so every ``--he
 """
 import argparse
 import importlib
+import sys
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Callable, Dict, List, NamedTuple
 
 from ..io.errors import UserError
 
-__all__ = ['COMMAND_GROUP', 'Command', 'command_names', 'comma_separated', 'dispatch']
+__all__ = ['COMMAND_GROUP', 'Command', 'command_names', 'comma_separated', 'dispatch', 'main']
 
 COMMAND_GROUP = 'timm_sknet.commands'
 PROG = 'timm-sknet'
@@ -68,3 +69,8 @@ def dispatch(argv: List[str]) -> int:
         sub.add_parser(name, help=entry_point.load().help)
     parser.parse_args(argv)  # exits: prints the help, or names what is wrong
     return 2
+
+
+def main() -> int:
+    """``timm-sknet`` with this process's arguments."""
+    return dispatch(sys.argv[1:])

@@ -67,3 +67,13 @@ def run_cli(prog: str, main: Callable[[], int]) -> NoReturn:
         print(f'{prog}: error: {INTERRUPTED}', file=sys.stderr)
         code = 130
     sys.exit(code)
+
+
+def run_command(prog: str, module: str) -> NoReturn:
+    """``run_cli`` for a console command whose work is ``module``'s ``main() -> int``, imported only once errors and
+    Ctrl-C are handled: the entry point's own module then imports nothing heavy, and Ctrl-C is one line at any
+    moment."""
+    def main() -> int:
+        import importlib
+        return importlib.import_module(module).main()
+    run_cli(prog, main)

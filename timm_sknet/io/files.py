@@ -373,35 +373,43 @@ def output_directory(path: os.PathLike, force: bool, written_by: str) -> Iterato
     did not write stay. New folders get the mode any new folder gets under the umask; the manifest lists the files.
     """
     path = check_output_directory(path, force, written_by)
-    staging = None
+    # inside a folder that exists (its parent may not be writable, e.g. --output-dir .), else beside it
+    parent = path if path.is_dir() else path.absolute().parent
     try:
-        with interrupts_deferred():
-            # inside a folder that exists (its parent may not be writable, e.g. --output-dir .), else beside it
-            parent = path if path.is_dir() else path.absolute().parent
-            staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=parent))
-        staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would make a published folder private
-        yield staging
-        files = sorted(os.listdir(staging))
-        (staging / MANIFEST_NAME).write_text(
-            json.dumps({'written_by': written_by, 'files': files}, indent=1) + '\n', encoding='utf-8')
-        if not path.exists():
-            with interrupts_deferred():
-                try:
-                    move_no_replace(staging, path)
-                    return
-                except FileExistsError:  # created meanwhile: written into only as an existing folder would be
-                    pass
-        check_output_directory(path, force, written_by)  # what is there now, before a lock file goes into it
-        with file_lock(path / _FOLDER_LOCK, f'into {path}'):
-            check_output_directory(path, force, written_by)  # again: what is there now, with the lock held
-            with interrupts_deferred():
-                for name in files:
-                    (staging / name).chmod(_output_mode(path / name))
-                    os.replace(staging / name, path / name)
-                os.replace(staging / MANIFEST_NAME, path / MANIFEST_NAME)  # last: it lists files all there
+        with staging_folder(parent) as staging:
+            yield staging
+            files = sorted(os.listdir(staging))
+            (staging / MANIFEST_NAME).write_text(
+                json.dumps({'written_by': written_by, 'files': files}, indent=1) + '\n', encoding='utf-8')
+            if not path.exists():
+                with interrupts_deferred():
+                    try:
+                        move_no_replace(staging, path)
+                        return
+                    except FileExistsError:  # created meanwhile: written into only as an existing folder would be
+                        pass
+            check_output_directory(path, force, written_by)  # what is there now, before a lock file goes into it
+            with file_lock(path / _FOLDER_LOCK, f'into {path}'):
+                check_output_directory(path, force, written_by)  # again: what is there now, with the lock held
+                with interrupts_deferred():
+                    for name in files:
+                        (staging / name).chmod(_output_mode(path / name))
+                        os.replace(staging / name, path / name)
+                    os.replace(staging / MANIFEST_NAME, path / MANIFEST_NAME)  # last: it lists files all there
     except OSError as e:
         raise write_error(path, e) from None
+
+
+@contextlib.contextmanager
+def staging_folder(parent: Path) -> Iterator[Path]:
+    """A new folder in ``parent`` (under a temporary name) to write outputs into before they are moved into place,
+    with the mode any new folder gets under the umask (mkdtemp's 0700 would hide what is published from other
+    users); removed with whatever is left in it on the way out, Ctrl-C held back while it is made and removed."""
+    with interrupts_deferred():
+        staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=parent))
+    try:
+        staging.chmod(0o777 & ~current_umask())
+        yield staging
     finally:
         with interrupts_deferred():
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)

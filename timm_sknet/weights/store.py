@@ -15,9 +15,7 @@ import contextlib
 import json
 import os
 import shlex
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -26,8 +24,8 @@ from safetensors import SafetensorError, safe_open
 
 from ..io.errors import UserError
 from ..io.files import (
-    TEMP_PREFIX, TEMP_SUFFIX, check_name, check_output_file, current_umask, file_lock, interrupts_deferred, lock_path,
-    move_no_replace, sha256_file, write_error)
+    TEMP_PREFIX, check_name, check_output_file, current_umask, file_lock, interrupts_deferred, lock_path,
+    move_no_replace, sha256_file, staging_folder, write_error)
 from .hub import HUB_WEIGHTS_FILENAME
 from .release import PYTORCHINSIGHT_TAG, RELEASED_MODELS
 
@@ -93,7 +91,6 @@ def install_weights(model_name_tag: str, force: bool, installed_by: str) -> Iter
     slot = root / model_name_tag
     weights_target = slot / HUB_WEIGHTS_FILENAME
     made = []  # the folders of the store's root this call creates: removed again when it fails
-    staging = None
     installed = False
     try:
         with interrupts_deferred():
@@ -103,31 +100,29 @@ def install_weights(model_name_tag: str, force: bool, installed_by: str) -> Iter
                     made.append(folder)
                 except FileExistsError:
                     pass
-            staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=root))
-        weights = staging / HUB_WEIGHTS_FILENAME
-        try:
-            yield weights
-        except OSError as e:
-            raise write_error(weights_target, e) from None
-        record = {'sha256': sha256_file(weights), 'size': weights.stat().st_size, 'model': model_name_tag,
-                  'installed_by': installed_by}
-        (staging / INSTALL_RECORD).write_text(json.dumps(record, indent=1) + '\n', encoding='utf-8')
-        for path in (weights, staging / INSTALL_RECORD):
-            with open(path, 'rb') as f:
-                os.fsync(f.fileno())
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the copy from other users
-        os.chmod(weights, 0o666 & ~current_umask())  # safetensors creates its file 0600
-        with file_lock(lock_path(slot), f'{model_name_tag} into the store {root}'):
-            _check_slot(slot, force)  # again, with the lock held: another install may have finished meanwhile
-            with interrupts_deferred():
-                if slot.exists():
-                    old = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=root))
-                    os.replace(slot, old)  # onto the empty folder just made, in one step
-                    os.replace(staging, slot)
-                    shutil.rmtree(old)
-                else:
-                    move_no_replace(staging, slot)
-                installed = True
+        with staging_folder(root) as staging:
+            weights = staging / HUB_WEIGHTS_FILENAME
+            try:
+                yield weights
+            except OSError as e:
+                raise write_error(weights_target, e) from None
+            record = {'sha256': sha256_file(weights), 'size': weights.stat().st_size, 'model': model_name_tag,
+                      'installed_by': installed_by}
+            (staging / INSTALL_RECORD).write_text(json.dumps(record, indent=1) + '\n', encoding='utf-8')
+            for path in (weights, staging / INSTALL_RECORD):
+                with open(path, 'rb') as f:
+                    os.fsync(f.fileno())
+            os.chmod(weights, 0o666 & ~current_umask())  # safetensors creates its file 0600
+            with file_lock(lock_path(slot), f'{model_name_tag} into the store {root}'):
+                _check_slot(slot, force)  # again, with the lock held: another install may have finished meanwhile
+                with interrupts_deferred():
+                    if slot.exists():
+                        with staging_folder(root) as old:
+                            os.replace(slot, old)  # onto the empty folder just made, in one step
+                            os.replace(staging, slot)
+                    else:
+                        move_no_replace(staging, slot)
+                    installed = True
     except FileExistsError:
         raise UserError(f'{model_name_tag} was installed by another process while this one ran ({slot}); it was '
                         'left as it is; pass --force to replace it') from None
@@ -135,8 +130,6 @@ def install_weights(model_name_tag: str, force: bool, installed_by: str) -> Iter
         raise write_error(weights_target, e) from None
     finally:
         with interrupts_deferred():
-            if staging is not None:
-                shutil.rmtree(staging, ignore_errors=True)
             for folder in reversed(made if not installed else []):
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only while empty: nothing another process put there meanwhile goes
