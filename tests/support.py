@@ -81,3 +81,16 @@ def in_process_command(prog: str, main: Callable[[], None], capsys, monkeypatch)
         out, err = capsys.readouterr()
         return exit_info.value.code, out, err
     return run
+
+
+def refusal_checker(run: Callable[..., Tuple[int, str, str]], out_dir) -> Callable[..., str]:
+    """``run(*args)`` must refuse cleanly: exit 2, one line on stderr and no traceback, ``out_dir`` left empty;
+    returns that line."""
+    def check(*args) -> str:
+        code, out, err = run(*args)
+        assert code == 2, (out, err)
+        assert 'Traceback' not in out + err
+        assert len(err.strip().splitlines()) == 1, err
+        assert list(out_dir.iterdir()) == [], 'something was left behind'
+        return err.strip()
+    return check

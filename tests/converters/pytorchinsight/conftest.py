@@ -9,7 +9,7 @@ import torch
 
 from authors_checkpoint import authors_state_dict, save_authors_checkpoint
 from converters.pytorchinsight.cli import main as convert_main
-from support import in_process_command
+from support import in_process_command, refusal_checker
 
 
 @pytest.fixture(scope='session')
@@ -33,11 +33,4 @@ def convert_pytorchinsight(capsys, monkeypatch) -> Callable[..., Tuple[int, str,
 @pytest.fixture
 def refused_conversion(convert_pytorchinsight, out_dir) -> Callable[..., str]:
     """Run convert-pytorchinsight, expect a clean refusal and an untouched ``out_dir``; return its one line."""
-    def check(*args) -> str:
-        code, out, err = convert_pytorchinsight(*args)
-        assert code == 2, (out, err)
-        assert 'Traceback' not in out + err
-        assert len(err.strip().splitlines()) == 1, err
-        assert list(out_dir.iterdir()) == [], 'something was left behind'
-        return err.strip()
-    return check
+    return refusal_checker(convert_pytorchinsight, out_dir)
