@@ -1,6 +1,9 @@
 """Every ``timm-sknet`` command answers --help at once, in plain text, without importing torch, and says what each
 of its options is for (hub_cards' validate and publish are reached through the same entry points)."""
 import argparse
+import os
+import subprocess
+import sys
 from importlib.metadata import entry_points
 
 import pytest
@@ -38,3 +41,11 @@ def test_the_data_folder_after_a_list_option_stays_a_positional():
     assert (args.input_size, str(args.data_dir)) == ([224, 320], 'DATA')
     with pytest.raises(SystemExit):
         parser.parse_args(['--model', 'm', '--weights', 'w', '--input-size', '224,,320', 'DATA'])
+
+
+def test_installed_help_says_where_the_store_is(tmp_path):
+    store = tmp_path / 'my-store'
+    env = dict(os.environ, TIMM_SKNET_HOME=str(store), COLUMNS='400')  # argparse would wrap a long path
+    out = subprocess.run([sys.executable, '-c', 'from timm_sknet.cli import main; main()', 'installed', '--help'],
+                         env=env, capture_output=True, text=True, timeout=60).stdout
+    assert '$TIMM_SKNET_HOME' in out and f'here: {store}' in out
