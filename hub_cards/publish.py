@@ -25,7 +25,7 @@ from timm.models import save_for_hf, split_model_name_tag
 from torch import nn
 
 from timm_sknet.io.errors import UserError
-from timm_sknet.io.files import check_output_directory, output_directory, sha256_file
+from timm_sknet.io.files import check_output_directory, output_directory, sha256_file, staging_folder
 from timm_sknet.weights.hub import HUB_WEIGHTS_FILENAME
 from timm_sknet.weights.release import released_model
 from timm_sknet.weights.loading import architecture, create_model_with_weights
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         if args.output_dir is not None:
             directory = stack.enter_context(output_directory(args.output_dir, args.force, WRITTEN_BY))
         else:
-            directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix='timm-sknet-publish-')))
+            directory = stack.enter_context(staging_folder(Path(tempfile.gettempdir())))
         write_repo_files(directory, model, args.weights, card)
         print(upload(directory, args.repo_id, token, args.private, args.revision))
     return 0
@@ -84,12 +84,12 @@ def write_repo_files(directory: Path, model: nn.Module, weights: Path, card: str
 
 def hub_config(model: nn.Module) -> Dict[str, Any]:
     """config.json as timm writes it for its own Hub repos, which ``hf-hub:`` and transformers' timm wrapper read."""
-    with tempfile.TemporaryDirectory(prefix='timm-sknet-config-') as scratch:
+    with staging_folder(Path(tempfile.gettempdir())) as scratch:
         # timm's public export writes the weights too; they are discarded, the repo gets the converted file as is.
         # Naming the file keeps timm on safetensors: without it a missing file would send it to pytorch_model.bin.
         save_for_hf(model, scratch, model_config={'pretrained_cfg': {'hf_hub_filename': HUB_WEIGHTS_FILENAME}},
                     safe_serialization=True)
-        config = json.loads((Path(scratch) / 'config.json').read_text(encoding='utf-8'))
+        config = json.loads((scratch / 'config.json').read_text(encoding='utf-8'))
     # model_args repeats what the root and pretrained_cfg already say; timm's own Hub configs have none, and
     # transformers' wrapper, which passes num_classes itself, fails on a second one ("multiple values").
     implied = {'num_classes': config['num_classes'], 'in_chans': config['pretrained_cfg']['input_size'][0],

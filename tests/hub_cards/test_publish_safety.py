@@ -73,14 +73,14 @@ def test_force_replaces_only_its_own_files(weights, tmp_path, monkeypatch, capsy
     assert 'someone/sknet50.second' in (out / 'README.md').read_text()
     assert (out / 'notes.txt').read_text() == 'what I changed in the card'
     assert sha256_file(out / 'model.safetensors') == sha256_file(weights)
-    assert [p for p in tmp_path.rglob(f'{TEMP_PREFIX}*') if p.suffix != '.lock'] == []
+    assert list(tmp_path.rglob(f'{TEMP_PREFIX}*')) == []  # no temporary, no lock
 
 
 def test_an_empty_current_folder(weights, tmp_path, monkeypatch):
     """``--output-dir .`` used to end in a traceback (rename of '.'); an empty folder is written into."""
     monkeypatch.chdir(tmp_path)
     assert _publish(monkeypatch, weights, '.') == 0
-    assert sorted(p for p in os.listdir(tmp_path) if not p.endswith('.lock')) == sorted([MANIFEST_NAME, *REPO_FILES])
+    assert sorted(os.listdir(tmp_path)) == sorted([MANIFEST_NAME, *REPO_FILES])  # and no lock file
 
 
 def test_folder_names_at_and_past_the_limit(weights, tmp_path, monkeypatch, capsys):
@@ -112,7 +112,7 @@ def test_two_publishes_into_one_new_folder_one_wins(weights, tmp_path):
     assert err.startswith('timm-sknet: error: ') and 'pass --force' in err, err
     assert repo_ids[winners[0]] in (out / 'README.md').read_text()
     assert sha256_file(out / 'model.safetensors') == sha256_file(weights)
-    assert sorted(p for p in os.listdir(out) if not p.endswith('.lock')) == sorted([MANIFEST_NAME, *REPO_FILES])
+    assert sorted(os.listdir(out)) == sorted([MANIFEST_NAME, *REPO_FILES])
     assert sorted(os.listdir(tmp_path)) == ['repo']
 
 

@@ -1,12 +1,14 @@
 """Outputs that appear whole or not at all, never replace what they should not; input files read with one-line
 errors; content hashes.
 
-Every output is written under a short temporary name (``.tsk-XXXXXXXX.partial``, so any name the folder accepts
-stays writable) beside its destination and then moved there in one step. Without ``force`` the move never replaces
-anything, even something another process created meanwhile: the loser of such a race gets one line and its temporary
-file goes. A failure (a full disk, a file-size limit, missing permission) or Ctrl-C leaves nothing half-written,
-and a failed write is one line naming the cause and the path. A new file gets the mode any new file gets under the
-umask; a replaced one keeps its own.
+Every output is written inside a temporary folder (``.tsk-XXXXXXXX.partial``, short and fixed in length, so any
+name the folder accepts stays writable) beside its destination and then moved there in one step. Without ``force``
+the move never replaces anything, even something another process created meanwhile: the loser of such a race gets
+one line and its temporary goes. A failure (a full disk, a file-size limit, missing permission) or Ctrl-C leaves
+nothing half-written, and a failed write is one line naming the cause and the path. A new file gets the mode any
+new file gets under the umask; a replaced one keeps its own. The temporary's writer holds its lock for its whole
+life, so that what a killed process leaves is told from what a live one writes, and removed by the next write into
+that folder (``locks``: the reasoning, the sweep, and where locks live).
 
 A folder of outputs (``output_directory``) carries a manifest naming the command that wrote it and its files:
 ``force`` replaces those files only, and a folder without the manifest that holds anything is never written into.
@@ -17,21 +19,16 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import stat
-import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import UserError
+from .locks import FOLDER_LOCK, LOCK_SUFFIX, LOCKS_FOLDER, OUTPUT, TEMP_PREFIX, claim_temporary, file_lock
 
-TEMP_PREFIX, TEMP_SUFFIX = '.tsk-', '.partial'
 MANIFEST_NAME = '.timm-sknet-outputs.json'  # in an output folder: {"written_by": ..., "files": [...]}
-LOCK_SUFFIX = '.lock'
-_FOLDER_LOCK = f'{TEMP_PREFIX}folder{LOCK_SUFFIX}'  # in an output folder written into in place
-LOCK_TIMEOUT_S = 60.  # another process holds the lock only while it moves finished files into place
 
 _WRITE_FIXES = {
     errno.ENOSPC: 'free some space or write it elsewhere',
@@ -154,16 +151,19 @@ def interrupts_deferred() -> Iterator[None]:
             signal.raise_signal(signal.SIGINT)
 
 
-def _renameat2_noreplace(source: Path, target: Path) -> bool:
-    """Linux's rename that fails with EEXIST instead of replacing; False where the kernel, libc or file system
-    does not offer it."""
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+
+
+def _renameat2(source: Path, target: Path, flags: int) -> bool:
+    """Linux's rename with ``flags``: without replacing (EEXIST instead), or exchanging the two names; False where
+    the kernel, libc or file system does not offer it."""
     import ctypes  # only here: the import is not free and most calls never reach this
     libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, 'renameat2', None)
     if renameat2 is None:
         return False
-    at_fdcwd, rename_noreplace = -100, 1
-    if renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_noreplace) == 0:
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), flags) == 0:
         return True
     code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
@@ -175,7 +175,7 @@ def move_no_replace(source: Path, target: Path) -> None:
     """Move ``source`` to ``target`` in one step unless ``target`` exists: then ``FileExistsError``, even when
     another process creates ``target`` at the same moment."""
     try:
-        if _renameat2_noreplace(source, target):
+        if _renameat2(source, target, _RENAME_NOREPLACE):
             return
     except OSError as e:
         if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
@@ -193,6 +193,17 @@ def move_no_replace(source: Path, target: Path) -> None:
     os.unlink(source)
 
 
+def replace_folder(source: Path, target: Path) -> None:
+    """Put the folder ``source`` in place of the folder ``target`` in one step where the file system can
+    (``RENAME_EXCHANGE``): ``target``'s old content is then at ``source``, for the caller to remove, and a process
+    killed at any moment leaves one of the two at ``target``, never neither. Elsewhere, two renames."""
+    if _renameat2(source, target, _RENAME_EXCHANGE):
+        return
+    with staging_folder(target.absolute().parent) as old:
+        os.replace(target, old)  # onto the empty folder just made, in one step
+        os.replace(source, target)
+
+
 def current_umask() -> int:
     """The process umask (reading it means setting it: set back at once)."""
     mask = os.umask(0o022)
@@ -205,15 +216,6 @@ def _output_mode(path: Path) -> int:
     if path.is_file():
         return stat.S_IMODE(path.stat().st_mode)
     return 0o666 & ~current_umask()
-
-
-def _temp_file(target: Path) -> Path:
-    try:
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=target.parent)
-    except OSError as e:
-        raise write_error(target, e) from None
-    os.close(fd)
-    return Path(name)
 
 
 def _sync(path: Path) -> None:
@@ -257,36 +259,33 @@ def _commit(pairs: Sequence[Tuple[Path, Path]], force: bool) -> None:
 
 @contextlib.contextmanager
 def atomic_output(path: os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it becomes ``path``, on any error it is removed.
-    Without ``force`` an existing ``path`` is never replaced, even one created while the caller wrote.
+    """Yield a temporary path (of the same name, in a temporary folder beside ``path``); on success it becomes
+    ``path``, on any error it is removed. Without ``force`` an existing ``path`` is never replaced, even one created
+    while the caller wrote.
 
     Whoever writes the temporary file may create it anew (safetensors does, with mode 0600): its mode is set
     once it is written. An ``OSError`` while creating, writing or moving it becomes ``write_error``'s one line.
     """
     path = Path(path)
-    tmp = None
-    try:
-        with interrupts_deferred():  # a Ctrl-C now is raised only once the cleanup below knows the file
-            tmp = _temp_file(path)
+    with staging_folder(path.parent, output=path) as staging:
+        tmp = staging / path.name
         try:
             yield tmp
         except OSError as e:
             raise write_error(path, e) from None
         _commit([(tmp, path)], force)
-    finally:
-        with interrupts_deferred():
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
 
 
 def write_outputs(contents: Mapping[Path, Union[str, bytes]], force: bool = False) -> None:
     """Write several files as one output: all of them appear, or none (see ``atomic_output``)."""
-    temps: List[Tuple[Path, Path]] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        stagings: Dict[Path, Path] = {}  # one temporary folder in each destination folder
+        pairs: List[Tuple[Path, Path]] = []
         for target, content in contents.items():
-            with interrupts_deferred():
-                temps.append((_temp_file(Path(target)), Path(target)))
-            tmp = temps[-1][0]
+            target = Path(target)
+            if target.parent not in stagings:
+                stagings[target.parent] = stack.enter_context(staging_folder(target.parent, output=target))
+            tmp = stagings[target.parent] / target.name
             try:
                 if isinstance(content, bytes):
                     tmp.write_bytes(content)
@@ -294,39 +293,17 @@ def write_outputs(contents: Mapping[Path, Union[str, bytes]], force: bool = Fals
                     tmp.write_text(content, encoding='utf-8')
             except OSError as e:
                 raise write_error(target, e) from None
-        _commit(temps, force)
-    finally:
-        with interrupts_deferred():
-            for tmp, _ in temps:
-                tmp.unlink(missing_ok=True)
-
-
-def file_lock(path: Path, what: str):
-    """An exclusive ``filelock`` on ``path`` (created if absent), waited for up to ``LOCK_TIMEOUT_S``; a holder
-    that keeps it longer is refused in one line naming ``what`` it guards."""
-    from filelock import FileLock, Timeout  # only the commands that lock a store slot or a folder import it
-
-    @contextlib.contextmanager
-    def held() -> Iterator[None]:
-        lock = FileLock(path, timeout=LOCK_TIMEOUT_S)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise UserError(f'another process has been writing {what} for over {LOCK_TIMEOUT_S:.0f} s (it holds '
-                            f'{path}); let it finish and run this again') from None
-        except OSError as e:
-            raise write_error(path, e) from None
-        try:
-            yield
-        finally:
-            lock.release()
-    return held()
+            pairs.append((tmp, target))
+        _commit(pairs, force)
 
 
 def lock_path(target: Path) -> Path:
-    """The lock file that guards ``target``: beside it, under a name short enough for any legal target name."""
-    digest = hashlib.sha256(os.fsencode(target.name)).hexdigest()[:16]
-    return target.parent / f'{TEMP_PREFIX}{digest}{LOCK_SUFFIX}'
+    """The lock file that guards ``target`` (a store slot): in the ``.locks`` folder beside it, named after it, or
+    after its hash where the name would be too long for the file system."""
+    name = f'{target.name}{LOCK_SUFFIX}'
+    if len(os.fsencode(name)) > 255:
+        name = hashlib.sha256(os.fsencode(target.name)).hexdigest()[:16] + LOCK_SUFFIX
+    return target.parent / LOCKS_FOLDER / name
 
 
 def read_manifest(directory: Path) -> Optional[dict]:
@@ -369,14 +346,15 @@ def output_directory(path: os.PathLike, force: bool, written_by: str) -> Iterato
 
     A new ``path`` appears in one step with all of it, and never replaces a folder that appeared meanwhile. An
     existing empty ``path``, or with ``force`` an earlier output (``check_output_directory``), gets the new files
-    one by one, each in one step, under a ``filelock`` so that two writers do not interleave; files the command
-    did not write stay. New folders get the mode any new folder gets under the umask; the manifest lists the files.
+    one by one, each in one step, under the folder's lock (``locks.file_lock``: there only while the files move)
+    so that two writers do not interleave; files the command did not write stay. New folders get the mode any new
+    folder gets under the umask; the manifest lists the files.
     """
     path = check_output_directory(path, force, written_by)
     # inside a folder that exists (its parent may not be writable, e.g. --output-dir .), else beside it
     parent = path if path.is_dir() else path.absolute().parent
     try:
-        with staging_folder(parent) as staging:
+        with staging_folder(parent, output=path) as staging:
             yield staging
             files = sorted(os.listdir(staging))
             (staging / MANIFEST_NAME).write_text(
@@ -389,7 +367,7 @@ def output_directory(path: os.PathLike, force: bool, written_by: str) -> Iterato
                     except FileExistsError:  # created meanwhile: written into only as an existing folder would be
                         pass
             check_output_directory(path, force, written_by)  # what is there now, before a lock file goes into it
-            with file_lock(path / _FOLDER_LOCK, f'into {path}'):
+            with file_lock(path / FOLDER_LOCK, f'into {path}'):
                 check_output_directory(path, force, written_by)  # again: what is there now, with the lock held
                 with interrupts_deferred():
                     for name in files:
@@ -401,15 +379,23 @@ def output_directory(path: os.PathLike, force: bool, written_by: str) -> Iterato
 
 
 @contextlib.contextmanager
-def staging_folder(parent: Path) -> Iterator[Path]:
-    """A new folder in ``parent`` (under a temporary name) to write outputs into before they are moved into place,
-    with the mode any new folder gets under the umask (mkdtemp's 0700 would hide what is published from other
-    users); removed with whatever is left in it on the way out, Ctrl-C held back while it is made and removed."""
-    with interrupts_deferred():
-        staging = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=parent))
+def staging_folder(parent: Path, output: Optional[Path] = None) -> Iterator[Path]:
+    """A new, empty folder inside a temporary one in ``parent`` (``locks.claim_temporary``: this process's while the
+    block runs, and a killed writer's leftovers in ``parent`` removed first), to write outputs into before they are
+    moved into place; with the mode any new folder gets under the umask (what is published is readable by others).
+    Removed with whatever is left in it on the way out, Ctrl-C held back while it is made and removed. A failure to
+    make it is ``write_error``'s line, naming ``output`` (else ``parent``)."""
+    temporary = None
     try:
-        staging.chmod(0o777 & ~current_umask())
+        with interrupts_deferred():  # a Ctrl-C now is raised only once the cleanup below knows the folder
+            try:
+                temporary = claim_temporary(parent)
+                staging = temporary.path / OUTPUT
+                staging.mkdir()
+            except OSError as e:
+                raise write_error(output or parent, e) from None
         yield staging
     finally:
-        with interrupts_deferred():
-            shutil.rmtree(staging, ignore_errors=True)
+        if temporary is not None:
+            with interrupts_deferred():
+                temporary.remove()

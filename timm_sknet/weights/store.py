@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from ..io.errors import UserError
 from ..io.files import (
     TEMP_PREFIX, check_name, check_output_file, current_umask, file_lock, interrupts_deferred, lock_path,
-    move_no_replace, sha256_file, staging_folder, write_error)
+    move_no_replace, replace_folder, sha256_file, staging_folder, write_error)
 from .hub import HUB_WEIGHTS_FILENAME
 from .release import PYTORCHINSIGHT_TAG, RELEASED_MODELS
 
@@ -83,9 +83,11 @@ def install_weights(model_name_tag: str, force: bool, installed_by: str) -> Iter
     """Yield the path to write ``model.safetensors`` to; once written, ``<store>/<model_name_tag>/`` appears in one
     step holding it and ``install.json``, or on any error (Ctrl-C included) nothing new is left in the store.
 
-    Installs of one slot take its ``filelock`` in turn, so two of them cannot both win: without ``force`` the
-    second is refused in one line and the first one's copy stays; with ``force`` a slot holding only these two
-    files is replaced whole, and one holding anything else is never touched.
+    Installs of one slot take its lock (``io.locks.file_lock``, in ``<store>/.locks``) in turn, so two of them
+    cannot both win: without ``force`` the second is refused in one line and the first one's copy stays; with
+    ``force`` a slot holding only these two files is replaced whole, in one step where the file system can swap two
+    folders (``files.replace_folder``), and one holding anything else is never touched. An install killed (SIGKILL)
+    leaves its temporary folder in the store, which the next install removes and ``timm-sknet installed`` lists.
     """
     root = store_dir()
     slot = root / model_name_tag
@@ -100,7 +102,7 @@ def install_weights(model_name_tag: str, force: bool, installed_by: str) -> Iter
                     made.append(folder)
                 except FileExistsError:
                     pass
-        with staging_folder(root) as staging:
+        with staging_folder(root, output=weights_target) as staging:
             weights = staging / HUB_WEIGHTS_FILENAME
             try:
                 yield weights
@@ -113,13 +115,13 @@ def install_weights(model_name_tag: str, force: bool, installed_by: str) -> Iter
                 with open(path, 'rb') as f:
                     os.fsync(f.fileno())
             os.chmod(weights, 0o666 & ~current_umask())  # safetensors creates its file 0600
-            with file_lock(lock_path(slot), f'{model_name_tag} into the store {root}'):
+            lock = lock_path(slot)
+            lock.parent.mkdir(exist_ok=True)
+            with file_lock(lock, f'{model_name_tag} into the store {root}'):
                 _check_slot(slot, force)  # again, with the lock held: another install may have finished meanwhile
                 with interrupts_deferred():
                     if slot.exists():
-                        with staging_folder(root) as old:
-                            os.replace(slot, old)  # onto the empty folder just made, in one step
-                            os.replace(staging, slot)
+                        replace_folder(staging, slot)
                     else:
                         move_no_replace(staging, slot)
                     installed = True

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from timm_sknet.io.errors import UserError
-from timm_sknet.io.files import MANIFEST_NAME, TEMP_PREFIX, atomic_output, check_name, write_outputs
+from timm_sknet.io.files import MANIFEST_NAME, TEMP_PREFIX, atomic_output, check_name, replace_folder, write_outputs
 
 RACERS = 4
 # Each racer writes its own content under a temporary name, waits until every racer has, then all move their
@@ -69,7 +69,8 @@ def _written(kind: str, target: Path, tmp_path: Path) -> Path:
 
 
 def _leftovers(root: Path):
-    return [p for p in root.rglob(f'{TEMP_PREFIX}*') if not p.name.endswith('.lock')]
+    """Temporaries and lock files of ours anywhere under ``root`` (the store's ``.locks`` folder stays, empty)."""
+    return [*root.rglob(f'{TEMP_PREFIX}*'), *root.rglob('.locks/*')]
 
 
 @pytest.mark.parametrize('kind', ['file', 'slot', 'new folder', 'empty folder'])
@@ -95,7 +96,7 @@ def test_racing_writers_one_wins_and_its_bytes_stay(kind, tmp_path):
         record = (slot / 'install.json').read_text()
         assert hashlib.sha256(written.read_bytes()).hexdigest() in record
     if kind == 'folder':
-        assert sorted(p for p in os.listdir(target) if not p.endswith('.lock')) == [MANIFEST_NAME, 'data.bin']
+        assert sorted(os.listdir(target)) == [MANIFEST_NAME, 'data.bin']  # and no lock file
 
 
 @pytest.mark.parametrize('kind', ['file', 'slot'])
@@ -140,3 +141,16 @@ def test_a_name_that_is_not_utf8(tmp_path):
     with atomic_output(tmp_path / name) as tmp:
         tmp.write_bytes(b'whole')
     assert os.listdir(os.fsencode(tmp_path)) == [b'caf\xe9.bin']
+
+
+def test_a_folder_is_replaced_in_one_step(tmp_path):
+    """``--install --force`` swaps the new slot in: the two folders exchange names in one step (a process killed at
+    any moment leaves one of them in place), the old content then under the new one's temporary name."""
+    old, new = tmp_path / 'slot', tmp_path / 'new'
+    old.mkdir()
+    new.mkdir()
+    (old / 'model.safetensors').write_bytes(b'old')
+    (new / 'model.safetensors').write_bytes(b'new')
+    replace_folder(new, old)
+    assert (old / 'model.safetensors').read_bytes() == b'new'
+    assert (new / 'model.safetensors').read_bytes() == b'old'  # exchanged, not moved: nothing was ever missing
