@@ -1,11 +1,14 @@
 """``timm-sknet attention`` writes its five files together or not at all: a write that fails half-way (a file-size
-limit, as on a full disk) leaves neither some of the files nor the folder it made; --force keeps the user's files."""
+limit, as on a full disk) leaves neither some of the files nor the folder it made; --force keeps the user's files;
+killed (SIGKILL) at any moment of a run it leaves none or all of them, and the next run removes what it left."""
 import hashlib
 import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
+
+from kill_sweep import KillSweep, checksums, leftover_of_a_killed_writer, ours
 
 TIMM_SKNET = Path(sys.executable).parent / 'timm-sknet'
 OUTPUTS = ['attention.json', 'channels.csv', 'channels.png', 'units.csv', 'units.png']
@@ -45,3 +48,36 @@ def test_force_replaces_its_outputs_and_nothing_else(tmp_path):
     assert sorted(os.listdir(out)) == sorted(['notes.md', *OUTPUTS])
     assert hashlib.sha256((out / 'notes.md').read_bytes()).hexdigest() == notes
     assert (out / 'units.csv').read_text() != 'an older run'
+
+
+def test_killed_at_any_moment(tmp_path):
+    """Seeded SIGKILLs across a real run (``kill_sweep``): after each, none of the five files or all of them; then a
+    run succeeds, removes what killed writers left in --out, and the user's notes there keep every byte."""
+    out = tmp_path / 'figures'
+    out.mkdir()
+    (out / 'notes.md').write_text('my reading of the plots')
+    sweep = KillSweep([TIMM_SKNET, 'attention', '--model', 'sk_resnet18', '--img-size', '64', '--workers', '0',
+                       '--synthetic', '1', '--out', out], None, [out])
+    assert sweep.run_to_end().returncode == 0
+    reference = checksums(out, skip=[out / 'notes.md'])
+    assert sorted(reference) == OUTPUTS
+
+    def state() -> str:
+        present = sorted(name for name in OUTPUTS if (out / name).exists())
+        if not present:
+            return 'as before'
+        return 'written' if checksums(out, skip=[out / 'notes.md']) == reference else f'these of its files: {present}'
+
+    def undo():
+        for name in OUTPUTS:
+            (out / name).unlink()
+    undo()
+    before = checksums(out)
+    sweep.sweep(state, undo, spread=3, anchored=1)
+    planted = leftover_of_a_killed_writer(out)
+
+    final = sweep.run_to_end()
+    assert final.returncode == 0, (final.stderr, sweep.report())
+    assert state() == 'written' and not planted.exists()
+    assert ours(out) == [], sweep.report()
+    assert checksums(out, skip=[out / name for name in OUTPUTS]) == before
