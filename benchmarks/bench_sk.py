@@ -173,7 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'machine: {machine}')
     print(f'precision: {"bf16 autocast" if device.type == "cuda" else "fp32"}; image {args.img_size}px; '
           f'{args.repeats} timed rounds (+{args.warmup} warm-up) per case, models interleaved, median reported')
-    print(f'load average at start (1/5/15 min): {load_average()}\n')
+    load_at_start = load_average()
+    print(f'load average at start (1/5/15 min): {load_at_start}\n')
 
     samples = {}  # (case, name) -> seconds per iteration, one per round
     memory = {}  # (case, name) -> (tensor peak bytes, rss peak growth bytes)
@@ -209,14 +210,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for name, t in timed.items())
             print(f'[{case}] {spread}', flush=True)
         print(f'({time.perf_counter() - started:.0f} s)', flush=True)
-    print(f'\nload average at end (1/5/15 min): {load_average()}')
+    load_at_end = load_average()
+    print(f'\nload average at end (1/5/15 min): {load_at_end}')
     # The goals were set for 224px on a CPU.
     measured = report(names, cases, samples, memory, show_goals=args.img_size == 224 and device.type == 'cpu')
     if args.goals_out:
         with open(args.goals_out, 'w') as f:
             json.dump(measured, f)
     if args.chart is not None:
-        write_chart(args.chart, chart_data(fastest_speeds(names, cases, samples), machine, argv), args.force)
+        data = chart_data(fastest_speeds(names, cases, samples), machine, argv, (load_at_start, load_at_end))
+        write_chart(args.chart, data, args.force)
     return 0
 
 

@@ -6,6 +6,7 @@ Each model is shown in its faster memory format of the run, as in the script's g
 import io
 import json
 import shlex
+import textwrap
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
@@ -27,10 +28,12 @@ def check_chart_path(path: Path, force: bool) -> None:
     require_module('matplotlib', 'plots')
 
 
-def chart_data(best_speeds: Dict[str, Dict[str, Dict[str, Any]]], machine: str, argv: Sequence[str]) -> Dict[str, Any]:
-    """``best_speeds``: 'eval b8' -> backend -> model -> {'img_s', 'format'}; with what measured them."""
+def chart_data(best_speeds: Dict[str, Dict[str, Dict[str, Any]]], machine: str, argv: Sequence[str],
+               load: Sequence[str]) -> Dict[str, Any]:
+    """``best_speeds``: 'eval b8' -> backend -> model -> {'img_s', 'format'}; with what measured them, and the load
+    average (1/5/15 min) at the start and the end of the run."""
     return {'command': 'python -m benchmarks.bench_sk ' + shlex.join(argv), 'machine': machine,
-            'cases': best_speeds}
+            'load_average': {'start': load[0], 'end': load[1]}, 'cases': best_speeds}
 
 
 def _png(data: Dict[str, Any]) -> bytes:
@@ -60,7 +63,8 @@ def _png(data: Dict[str, Any]) -> bytes:
         ax.margins(x=0.15)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc='outside lower center', ncols=len(labels), fontsize=8)
-    fig.suptitle(f'{data["command"]}\n{data["machine"]}', fontsize=7)
+    title = textwrap.fill(data['command'], width=int(fig.get_figwidth() * 16))
+    fig.suptitle(f'{title}\n{data["machine"]}', fontsize=7)
     buffer = io.BytesIO()
     fig.savefig(buffer, format='png', dpi=DPI)
     return buffer.getvalue()
@@ -73,7 +77,8 @@ def write_chart(path: Path, data: Dict[str, Any], force: bool) -> None:
 
 
 def markdown_table(data: Dict[str, Any]) -> str:
-    """The chart's numbers as docs/speed.md shows them: one row per model, img/s eager and compiled per case."""
+    """The chart's numbers as docs/speed.md shows them: one row per model, img/s eager and compiled per case, then
+    the command, the machine and its load."""
     cases = list(data['cases'])
     backends = list(dict.fromkeys(b for case in cases for b in data['cases'][case]))
     models = list(dict.fromkeys(m for case in cases for speeds in data['cases'][case].values() for m in speeds))
@@ -86,6 +91,9 @@ def markdown_table(data: Dict[str, Any]) -> str:
             speed = data['cases'][case].get(backend, {}).get(model)
             cells.append('-' if speed is None else f'{speed["img_s"]:.2f} ({speed["format"]})')
         lines.append(f'| `{model}` | ' + ' | '.join(cells) + ' |')
+    load = data['load_average']
+    lines += ['', f'Measured by `{data["command"]}` on {data["machine"]}; load average (1/5/15 min) '
+                  f'{load["start"]} at the start, {load["end"]} at the end.']
     return '\n'.join(lines)
 
 

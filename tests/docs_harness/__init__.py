@@ -59,7 +59,7 @@ def page_env(home: Path) -> Dict[str, str]:
            and not k.startswith(('PYTEST_', 'COV_'))}
     env.update(
         HOME=str(home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1', HF_HUB_DISABLE_PROGRESS_BARS='1',
-        TQDM_DISABLE='1', NO_PROXY='127.0.0.1,localhost', PATH=f'{Path(sys.executable).parent}:{env["PATH"]}')
+        NO_PROXY='127.0.0.1,localhost', PATH=f'{Path(sys.executable).parent}:{env["PATH"]}')
     return env
 
 
