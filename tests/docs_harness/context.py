@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional
 
-from hub_helpers import free_port, olah, serve
 from hub_write_server import GIT_ENV
 
 from .standins import make
@@ -71,6 +70,7 @@ class DocsContext:
         return env
 
     def _start_hub(self) -> Dict[str, str]:
+        from hub_helpers import free_port, olah, serve  # torch and timm: only for the pages that need a Hub
         workdir = self.tmp_root / 'hub'
         root = workdir / 'root'
         workdir.mkdir()
