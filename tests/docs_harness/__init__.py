@@ -29,18 +29,18 @@ import doctest
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
-from sybil import Example, Sybil
+from sybil import Example, Region, Sybil
+from sybil.parsers.abstract.lexers import LexerCollection
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer
-from sybil.parsers.abstract.lexers import LexerCollection
-from sybil import Region
 
-from .sessions import PythonSession, ShellSession, split_transcript
 from .context import TIMM_SCRIPTS
+from .sessions import PythonSession, ShellSession, split_transcript
 from .standins import link_into
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,9 +73,7 @@ class Page:
         self.workdir, home = root / 'work', root / 'home'
         home.mkdir(parents=True)
         self.workdir.mkdir()
-        for entry in REPO.iterdir():
-            if entry.name in ('.git', '.venv', 'site') or entry.name.startswith('.cache'):
-                continue
+        for entry in _checkout_entries():
             if entry.name in COPIED:
                 shutil.copytree(entry, self.workdir / entry.name, ignore=shutil.ignore_patterns('__pycache__'))
             else:
@@ -120,6 +118,14 @@ class Page:
         for session in (self._shell, self._python):
             if session is not None:
                 session.close()
+
+
+def _checkout_entries() -> List[Path]:
+    """The checkout's top-level files and folders that git tracks: not .venv, out/, site/ or caches, which a
+    command on a page could otherwise write into through a link."""
+    tracked = subprocess.run(['git', '-C', str(REPO), 'ls-files', '-z'], capture_output=True, check=True).stdout
+    names = {path.split('/', 1)[0] for path in tracked.decode().split('\0') if path}
+    return sorted(REPO / name for name in names if (REPO / name).exists())
 
 
 def page_of(example: Example) -> Page:
