@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 
 # the docs site (site/): mkdocs-material, the API reference from the docstrings; a broken link or reference fails
 docs: $(VENV)/.installed
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # The docs site is built first; README.md and docs/ are test files too (their examples run through Sybil).
 # timm's own model tests come from the sdist of the installed timm (PyPI, once); the tests run offline.

@@ -3,6 +3,9 @@ differs from the real one fails, what matches and what does not; and what the pa
 README's length, its models table, the speed table against the chart's numbers, every skip with a reason)."""
 import json
 import re
+import shutil
+import subprocess
+import sys
 import unittest
 from pathlib import Path
 from typing import List, Optional
@@ -155,3 +158,18 @@ def test_the_speed_page_shows_what_the_chart_measured():
     assert '\n' + markdown_table(numbers) + '\n' in page
     assert f'`{numbers["command"]}`' in page and numbers['machine'] in page
     assert (REPO / 'docs' / 'figures' / 'speed_sknet50.png').stat().st_size > 10_000
+
+
+def test_the_docs_build_fails_on_a_broken_link(tmp_path):
+    """`make docs` (make test's first step) is what catches a broken link or anchor: run its recipe on a copy of the
+    docs with one of each (a silenced build, `mkdocs --quiet`, would pass them)."""
+    recipe = re.search(r'^docs:.*\n\t(.+)$', (REPO / 'Makefile').read_text(), re.MULTILINE)[1]
+    for name in ('mkdocs.yml', 'README.md', 'timm_sknet', 'converters', 'hub_cards'):
+        (tmp_path / name).symlink_to(REPO / name)
+    shutil.copytree(REPO / 'docs', tmp_path / 'docs')
+    with open(tmp_path / 'docs' / 'speed.md', 'a') as page:
+        page.write('\n[a page that is not there](nope.md), [an anchor that is not there](models.md#nope)\n')
+    command = recipe.replace('$(VENV)/bin/', str(Path(sys.executable).parent) + '/')
+    build = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert build.returncode != 0
+    assert "contains a link 'nope.md'" in build.stderr and "does not contain an anchor '#nope'" in build.stderr
