@@ -31,7 +31,6 @@ from PIL import Image
 from timm.data import create_transform
 from torch.utils.flop_counter import FlopCounterMode
 
-from hub_cards.protocols import Protocol
 from hub_cards.results import IMAGENET_1K_VAL
 from hub_cards.validate import validation_protocols
 from timm_sknet.io.synthetic import synthetic_images
