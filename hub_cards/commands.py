@@ -22,18 +22,32 @@ def _validate_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--class-map', type=Path, metavar='FILE.txt',
                         help='text file naming every class the model predicts, one per line in class-index order, '
                              'each class folder among them; needed when DATA_DIR holds a subset of the classes')
-    parser.add_argument('--batch-size', type=int, default=64,
-                        help='images per forward pass (default: 64); it changes speed and memory, not the numbers')
-    parser.add_argument('--workers', type=int, default=4,
-                        help='processes that decode images, for the up-front check and the run (default: 4)')
-    parser.add_argument('--device',
-                        help='torch device to evaluate on, e.g. cpu, cuda, cuda:1 (default: cuda if present, else cpu)')
+    _evaluation_arguments(parser)
     parser.add_argument('--skip-unreadable', action='store_true',
                         help='leave out images that do not decode, and list them in the results (which publish '
                              'refuses); without it an unreadable image stops the run')
     parser.add_argument('--output', '-o', type=Path, metavar='RESULTS.json',
                         help='results JSON (default: ./<model>-results.json)')
     parser.add_argument('--force', action='store_true', help='overwrite an existing results JSON')
+
+
+def _evaluation_arguments(parser: argparse.ArgumentParser) -> None:
+    """How validation runs: its speed and memory."""
+    parser.add_argument('--batch-size', type=int, default=64,
+                        help='images per forward pass (default: 64); it changes speed and memory, not the numbers')
+    parser.add_argument('--workers', type=int, default=4,
+                        help='processes that decode images, for the up-front check and the run (default: 4)')
+    parser.add_argument('--device',
+                        help='torch device to evaluate on, e.g. cpu, cuda, cuda:1 (default: cuda if present, else cpu)')
+
+
+def _repo_arguments(parser: argparse.ArgumentParser) -> None:
+    """What goes to the Hub repo, and where in it."""
+    parser.add_argument('--accept-shortfall', metavar='REASON',
+                        help="publish results whose top-1 at 224 is more than 0.5 points below the authors'; the card "
+                             'states the shortfall and REASON word for word')
+    parser.add_argument('--private', action='store_true', help='create the repo private (if it does not exist yet)')
+    parser.add_argument('--revision', help='branch to commit to (created if missing; default main)')
 
 
 def _publish_parser(parser: argparse.ArgumentParser) -> None:
@@ -47,9 +61,6 @@ def _publish_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--results', type=Path, metavar='RESULTS.json',
                         help='timm-sknet validate results for exactly these weights on ImageNet-1k val; without '
                              'them the card says the weights are not yet validated')
-    parser.add_argument('--accept-shortfall', metavar='REASON',
-                        help="publish results whose top-1 at 224 is more than 0.5 points below the authors'; the card "
-                             'states the shortfall and REASON word for word')
     parser.add_argument('--allow-unvalidated', action='store_true',
                         help='upload without --results: the card then says the weights are unvalidated')
     parser.add_argument('--dry-run', action='store_true', help='write the files to --output-dir, upload nothing')
@@ -57,8 +68,7 @@ def _publish_parser(parser: argparse.ArgumentParser) -> None:
                         help='where to write the repo files (required with --dry-run)')
     parser.add_argument('--force', action='store_true',
                         help="replace the files of an earlier publish in --output-dir (it never touches other files)")
-    parser.add_argument('--private', action='store_true', help='create the repo private (if it does not exist yet)')
-    parser.add_argument('--revision', help='branch to commit to (created if missing; default main)')
+    _repo_arguments(parser)
 
 
 def _release_parser(parser: argparse.ArgumentParser) -> None:
@@ -77,19 +87,11 @@ def _release_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--workdir', type=Path, metavar='DIR',
                         help='where the release keeps its files and the record of each finished step; run the same '
                              'command with the same DIR to resume (default: ./MODEL.TAG-release)')
-    parser.add_argument('--device', help='torch device to validate on (default: cuda if present, else cpu)')
-    parser.add_argument('--batch-size', type=int, default=64,
-                        help='images per forward pass (default: 64); it changes speed and memory, not the numbers')
-    parser.add_argument('--workers', type=int, default=4,
-                        help='processes that decode images (default: 4)')
-    parser.add_argument('--private', action='store_true', help='create the repo private (if it does not exist yet)')
-    parser.add_argument('--revision', help='branch to commit to (created if missing; default main)')
+    _evaluation_arguments(parser)
     parser.add_argument('--dry-run', action='store_true',
                         help='everything but the upload: the repo files go to --output-dir and are read back there')
     parser.add_argument('--output-dir', type=Path, metavar='DIR', help='where --dry-run writes the repo files')
-    parser.add_argument('--accept-shortfall', metavar='REASON',
-                        help="publish although the top-1 at 224 is more than 0.5 points below the authors'; the card "
-                             'states the shortfall and REASON word for word')
+    _repo_arguments(parser)
     parser.add_argument('--replace-weights', action='store_true',
                         help='publish into a repo that already holds other weights (the Hub keeps the earlier commit)')
     parser.add_argument('--force', action='store_true',
