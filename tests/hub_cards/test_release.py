@@ -7,16 +7,21 @@ PyTorch checkpoint, and each way the checks before any work refuse. Resuming aft
 ``test_release_resume.py``.
 """
 import hashlib
+import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from hub_helpers import BIN_DIR, NAMESPACE, TOKEN, WriteHub, free_port
 from release_helpers import (
     IMAGES, REPO, Released, Releaser, Run, commits, imagenet_like, pytorchinsight_source, release, results_of, uploads)
+from test_hub_e2e import TRANSFORMERS_SCRIPT
 from timm_sknet.io.files import sha256_file
 
 REPO_ID = f'{NAMESPACE}/{REPO}'
@@ -233,3 +238,18 @@ def test_what_can_be_checked_before_any_work_is_refused_in_one_line(releaser, hu
     assert time.monotonic() - start < 60  # before any work: no conversion, no validation
     assert [r for r in hub.requests()[before:] if r['method'] in ('PUT', 'POST')] == []
     assert TOKEN not in run.stderr
+
+
+def test_transformers_loads_the_released_repo(passed, releaser, tmp_path):
+    """What the release published loads in transformers' timm wrapper, through the same Hub, with timm's logits."""
+    assert passed.run.returncode == 0
+    output = tmp_path / 'transformers.safetensors'
+    env = dict(releaser.env, HF_HOME=str(tmp_path / 'hf'))
+    proc = subprocess.run([sys.executable, '-c', TRANSFORMERS_SCRIPT, REPO_ID, str(output)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report['wrapped'] == 'SKNet' and report['same_weights']
+    assert report['pipeline_labels'] == report['timm_top5_labels']
+    out = load_file(str(output))
+    assert torch.equal(out['aligned_logits'], out['timm_logits'])
