@@ -63,8 +63,8 @@ def run_cli(prog: str, main: Callable[[], int]) -> NoReturn:
     except UserError as e:
         print(f'{prog}: error: {_one_line(str(e))}', file=sys.stderr)
         code = 2
-    except KeyboardInterrupt:
-        print(f'{prog}: error: {INTERRUPTED}', file=sys.stderr)
+    except KeyboardInterrupt as e:  # a command may say what an interrupt leaves (a release: how to resume)
+        print(f'{prog}: error: {_one_line(str(e.args[0])) if e.args else INTERRUPTED}', file=sys.stderr)
         code = 130
     sys.exit(code)
 
