@@ -10,15 +10,12 @@ To add one: a function ``(path: Path) -> None`` that writes the file or folder a
 """
 import os
 import shutil
-import sys
 import zlib
 from pathlib import Path
 from typing import Callable, Dict
 
 import numpy as np
 from PIL import Image
-
-TESTS = Path(__file__).resolve().parents[1]
 
 
 def _release_caffemodel(model_name: str) -> Callable[[Path], None]:
@@ -31,8 +28,7 @@ def _release_caffemodel(model_name: str) -> Callable[[Path], None]:
 
 def _authors_checkpoint(model_name: str) -> Callable[[Path], None]:
     def write(path: Path) -> None:
-        sys.path.insert(0, str(TESTS / 'converters' / 'pytorchinsight'))  # where the tests keep the writer
-        from authors_checkpoint import authors_state_dict, save_authors_checkpoint
+        from authors_checkpoint import authors_state_dict, save_authors_checkpoint  # tests/, on the tests' path
         save_authors_checkpoint(path, authors_state_dict(model_name))
     return write
 
