@@ -15,7 +15,7 @@ from timm_sknet.io.files import sha256_file
 
 from ..publish import quiet_hub_client, reason
 
-__all__ = ['RepoState', 'check_hub', 'fixed_batch_logits', 'read_back']
+__all__ = ['RepoState', 'check_hub', 'download_weights', 'fixed_batch_logits', 'read_back']
 
 WEIGHTS_FILE = 'model.safetensors'
 
@@ -56,6 +56,21 @@ def check_hub(repo_id: str, revision: Optional[str], token: Optional[str]) -> Re
         if sibling.rfilename == WEIGHTS_FILE:
             return RepoState(True, sibling.lfs.sha256 if sibling.lfs else f'git blob {sibling.blob_id}')
     return RepoState(True, None)
+
+
+def download_weights(repo_id: str, revision: Optional[str], cache: Path, token: Optional[str]) -> Path:
+    """The repo's model.safetensors at ``revision`` (or main, for a branch not made yet), downloaded into ``cache``."""
+    failure = ''
+    with quiet_hub_client():
+        try:
+            try:
+                return Path(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision, cache_dir=cache, token=token))
+            except RevisionNotFoundError:
+                return Path(hf_hub_download(repo_id, WEIGHTS_FILE, cache_dir=cache, token=token))
+        except Exception as e:  # noqa: BLE001  (as check_hub)
+            failure = reason(e)
+    raise UserError(f'cannot download the model.safetensors {repo_id} holds, to compare it with these weights '
+                    f'({failure}); run the same command again later')
 
 
 def read_back(repo_id: str, commit: str, uploaded: Dict[str, str], cache: Path, token: Optional[str]) -> nn.Module:

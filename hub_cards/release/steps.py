@@ -27,7 +27,7 @@ from timm_sknet.io.errors import UserError
 from timm_sknet.io.files import atomic_output, output_directory, printable_name, read_manifest, sha256_file
 from timm_sknet.weights.loading import create_model_with_weights
 from timm_sknet.weights.release import CAFFE, AuthorsWeights
-from timm_sknet.weights.store import VERIFY_KEYS, install_weights, installed_path
+from timm_sknet.weights.store import VERIFY_KEYS, install_weights, installed_path, tensors_digest
 
 from ..data import CheckedImages, FoundImages, check_images
 from ..gate import SHORTFALL_LIMIT, GATE_SIZE, Verdict, check_gate
@@ -36,7 +36,7 @@ from ..publish import REPO_FILES, repo_texts, upload, write_repo_files
 from ..card import render_card
 from ..results import read_results, validation_set
 from ..validate import measure, results_record, validation_protocols
-from .hub import RepoState, check_hub, fixed_batch_logits, read_back
+from .hub import RepoState, check_hub, download_weights, fixed_batch_logits, read_back
 from .workdir import WorkFolder
 
 __all__ = ['Release', 'STEPS', 'Step']
@@ -110,22 +110,25 @@ def _convert(release: Release, inputs: Dict[str, Any]) -> Dict[str, Any]:
     content = safetensors_bytes(tensors, metadata)
     with atomic_output(release.work.weights, force=True) as tmp:
         tmp.write_bytes(content)
-    sha256 = sha256_file(release.work.weights)
     installed = installed_path(authors.name)
-    if not (installed.is_file() and sha256_file(installed) == sha256):
+    # weights installed before (by convert-caffe --install, say) stay when they are these, whatever their provenance
+    same = installed.is_file() and tensors_digest(installed) == tensors_digest(release.work.weights)
+    if not same:
         if installed.exists() and not args.force:
             raise UserError(
                 f'the store already holds other weights as {authors.name} ({installed}); pass --force to replace them '
                 "with this release's, or move them out of the store")
         with install_weights(authors.name, installed.exists(), WRITTEN_BY) as tmp:
             tmp.write_bytes(content)
-    return {'sha256': sha256, 'size': len(content), 'installed': str(installed),
+    return {'sha256': sha256_file(release.work.weights), 'size': len(content), 'installed': str(installed),
+            'installed_sha256': sha256_file(installed),
             'verify': {key: metadata[key] for key in VERIFY_KEYS} if VERIFY_KEYS[0] in metadata else None}
 
 
 def _convert_intact(release: Release, outputs: Dict[str, Any]) -> bool:
-    installed = installed_path(release.authors.name)
-    return all(path.is_file() and sha256_file(path) == outputs['sha256'] for path in (release.work.weights, installed))
+    installed, weights = installed_path(release.authors.name), release.work.weights
+    return (weights.is_file() and sha256_file(weights) == outputs['sha256'] and installed.is_file()
+            and sha256_file(installed) == outputs['installed_sha256'])
 
 
 def _convert_report(release: Release, outputs: Dict[str, Any]) -> str:
@@ -257,9 +260,17 @@ def _publish(release: Release, inputs: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def check_repo_weights(release: Release, repo: RepoState) -> None:
-    """Refuse, unless ``--replace-weights``, a repo that already holds other weights than these."""
+    """Refuse, unless ``--replace-weights``, a repo that already holds other weights than these (the same tensors
+    with other provenance in their header are these weights)."""
     if repo.weights is None or repo.weights == release.weights_sha256 or release.args.replace_weights:
         return
+    args, cache = release.args, release.work.path / 'repo-weights-cache'
+    try:
+        held = download_weights(args.repo_id, args.revision, cache, release.token)
+        if tensors_digest(held) == tensors_digest(release.work.weights):
+            return
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     raise UserError(
         f'{release.args.repo_id} already holds other weights (model.safetensors {repo.weights}, these are '
         f'{release.weights_sha256}); pass --replace-weights to publish over them (the Hub keeps the earlier commit), '

@@ -13,7 +13,9 @@ add a stand-in file or a server, is in docs/contributing.md ("How the docs are t
   ``files NAME...`` links stand-ins for files a user downloads into the working directory (``standins.py``),
   ``installed NAME...`` puts converted weights into the page's store as the converters install them (made once
   per session by the real command from the stand-in: ``context.py``),
-  ``hub write`` / ``hub read`` point the Hub at the loopback servers (``context.py``), ``env NAME=VALUE...`` sets
+  ``hub write`` / ``hub read`` point the Hub at the loopback servers (``context.py``), ``validation-set IMAGES
+  CLASSES`` makes the page's ``timm-sknet`` expect that many validation images where a card's number otherwise
+  needs all of ImageNet-1k val (``tests/validation_set_seam.py``: the command itself is untouched), ``env NAME=VALUE...`` sets
   variables for the commands that follow, ``single-command`` makes the next ``console`` block one command whose
   output holds ``$ `` lines of its own (``make demo`` prints the commands it runs), ``timm-scripts`` links timm's
   ``train.py``, ``validate.py``, ... into the working directory when ``TIMM_SCRIPTS`` names a checkout of timm's
@@ -38,6 +40,8 @@ from sybil import Example, Region, Sybil
 from sybil.parsers.abstract.lexers import LexerCollection
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer
+
+from validation_set_seam import SHRUNK_TIMM_SKNET
 
 from .context import TIMM_SCRIPTS
 from .sessions import PythonSession, ShellSession, split_transcript
@@ -210,10 +214,14 @@ def evaluate_directive(example: Example) -> Optional[str]:
             (page.workdir / name).symlink_to(page.context.timm_scripts / name)
     elif action == 'single-command':
         page.single_command = True
+    elif action == 'validation-set':
+        images, classes = map(int, args)  # the stand-in folder's: a card's number must cover every image
+        page.shell.run(f'timm-sknet() {{ {shlex.quote(sys.executable)} -c {shlex.quote(SHRUNK_TIMM_SKNET)} {images} '
+                       f'{classes} "$@"; }}')
     elif action == 'env':
         page.set_env(**dict(arg.split('=', 1) for arg in args))
     else:
-        raise ValueError(f'{_where(example)}: unknown docs-test directive {action!r} (files, installed, hub, env, single-command, timm-scripts)')
+        raise ValueError(f'{_where(example)}: unknown docs-test directive {action!r} (files, installed, hub, validation-set, env, single-command, timm-scripts)')
     return None
 
 

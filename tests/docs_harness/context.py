@@ -3,7 +3,9 @@ stand-in (started on the first page that asks for it).
 
 The Hub is two loopback servers over one folder of git repos: ``tests/hub_write_server.py`` takes what
 ``timm-sknet publish`` uploads (``docs-test: hub write``), and olah, a Hub mirror, serves those repos to timm,
-transformers and huggingface_hub (``docs-test: hub read``), as in ``tests/hub_cards/test_hub_upload.py``.
+transformers and huggingface_hub (``docs-test: hub read``), as in ``tests/hub_cards/test_hub_upload.py``. The write
+server passes file downloads on to olah, so that a command that uploads and then reads back (``timm-sknet
+release``) has one endpoint for both, as on the Hub.
 """
 import contextlib
 import os
@@ -74,11 +76,6 @@ class DocsContext:
         workdir = self.tmp_root / 'hub'
         root = workdir / 'root'
         workdir.mkdir()
-        port = free_port()
-        write = f'http://127.0.0.1:{port}'
-        self._servers.enter_context(serve(
-            'hub_write_server', [sys.executable, str(HUB_SERVER), '--root', str(root), '--port', str(port),
-                                 '--token', HUB_TOKEN], workdir, workdir / 'write-server.log', f'{write}/'))
         # olah is ready once it serves a file: one repo of its own, beside those the pages publish
         probe = root / 'models' / PROBE_REPO
         probe.mkdir(parents=True)
@@ -86,6 +83,12 @@ class DocsContext:
         for git in (['init', '-q', '-b', 'main'], ['add', '-A'], ['commit', '-q', '-m', 'probe']):
             subprocess.run(['git', '-C', str(probe), *git], check=True, env=GIT_ENV)
         read = self._servers.enter_context(olah(root, workdir, f'{PROBE_REPO}/resolve/main/README.md'))
+        port = free_port()
+        write = f'http://127.0.0.1:{port}'
+        self._servers.enter_context(serve(
+            'hub_write_server', [sys.executable, str(HUB_SERVER), '--root', str(root), '--port', str(port),
+                                 '--token', HUB_TOKEN, '--read-through', read], workdir, workdir / 'write-server.log',
+            f'{write}/'))
         return dict(write=write, read=read)
 
     def close(self) -> None:

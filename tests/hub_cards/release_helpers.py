@@ -3,8 +3,7 @@ whose labels are what the converted weights predict (so the gate has a number to
 ``timm-sknet release`` run as a user runs it, in a subprocess, against a Hub on loopback.
 
 The one seam: ImageNet-1k val's 50,000 images cannot ship with the tests, so the process that runs the release
-shrinks the set a card's number must cover (``hub_cards.results.IMAGENET_1K_VAL``) before the command starts. No
-option or environment variable of the command reaches it; every other line is the one a real release runs.
+shrinks the set a card's number must cover (``validation_set_seam``).
 """
 import json
 import signal
@@ -27,22 +26,12 @@ from hub_cards.data import DecodedImages
 from hub_cards.protocols import Protocol
 from hub_helpers import NAMESPACE, TOKEN, WriteHub, client_env
 from timm_sknet.io.synthetic import synthetic_images
+from validation_set_seam import SHRUNK_TIMM_SKNET
 
 SYNSETS = ImageNetInfo().label_names()
 REPO = 'sknet50.caffe_in1k'
 IMAGES = 4  # in the validation folders the tests make
 RUN_TIMEOUT_S = 600
-# argv: IMAGES CLASSES, then timm-sknet's own arguments
-SEAM = """
-import sys
-import hub_cards.results as results
-images, classes = map(int, sys.argv[1:3])
-del sys.argv[1:3]
-results.IMAGENET_1K_VAL = results.ValidationSet('ImageNet-1k val', images, classes)
-from timm_sknet.cli import main
-sys.argv[0] = 'timm-sknet'
-main()
-"""
 
 
 class Source(NamedTuple):
@@ -133,7 +122,7 @@ class Releaser:
         self.env.update(HF_TOKEN=TOKEN, HF_HUB_DISABLE_XET='1', OMP_NUM_THREADS='1')
 
     def command(self, repo: str, workdir: Path, *extra: str) -> List[str]:
-        return [sys.executable, '-c', SEAM, *map(str, self.expected), 'release', '--model', self.source.model,
+        return [sys.executable, '-c', SHRUNK_TIMM_SKNET, *map(str, self.expected), 'release', '--model', self.source.model,
                 '--source', str(self.source.file), '--data', str(self.data), '--repo-id', f'{NAMESPACE}/{repo}',
                 '--workdir', str(workdir), '--workers', '0', '--batch-size', '4', '--device', 'cpu', *extra]
 

@@ -253,3 +253,27 @@ def test_transformers_loads_the_released_repo(passed, releaser, tmp_path):
     assert report['pipeline_labels'] == report['timm_top5_labels']
     out = load_file(str(output))
     assert torch.equal(out['aligned_logits'], out['timm_logits'])
+
+
+def test_the_same_weights_with_other_provenance_are_neither_replaced_nor_refused(releaser, hub, tmp_path):
+    """Weights installed and published before by ``convert-caffe --install --verify`` (verified on generated images:
+    other metadata, another sha256, the same tensors) are these weights: the store's copy stays as it is, and the
+    repo is published to without --replace-weights or --force."""
+    home = tmp_path / 'home'
+    env = dict(releaser.env, TIMM_SKNET_HOME=str(home / 'store'))
+    subprocess.run([str(BIN_DIR / 'convert-caffe'), str(releaser.source.file), '--model', 'sknet50', '--install',
+                    '--verify'], env=env, check=True, capture_output=True, timeout=300)
+    installed = home / 'store' / REPO / 'model.safetensors'
+    before = installed.read_bytes()
+    publish = subprocess.run([str(BIN_DIR / 'timm-sknet'), 'publish', '--model', 'sknet50', '--weights',
+                              str(installed), '--repo-id', f'{NAMESPACE}/sknet50.earlier', '--allow-unvalidated'],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert publish.returncode == 0, publish.stderr
+    later = Releaser(releaser.source, releaser.data, releaser.expected, hub.endpoint, home)
+    released = release(later, hub, 'sknet50.earlier', tmp_path / 'work')
+    assert released.run.returncode == 0, released.run.stdout + released.run.stderr
+    assert installed.read_bytes() == before
+    assert sha256_file(tmp_path / 'work' / 'model.safetensors') != hashlib.sha256(before).hexdigest()
+    (commit,) = commits(released.requests)
+    assert hub.file(f'{NAMESPACE}/sknet50.earlier', commit['commit'], 'model.safetensors') == \
+        (tmp_path / 'work' / 'model.safetensors').read_bytes()

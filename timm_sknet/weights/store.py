@@ -12,6 +12,7 @@ holds non-finite values; ``pretrained=True`` and ``timm-sknet installed`` both a
 Nothing here imports torch or timm, so convert-caffe stays light.
 """
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -275,6 +276,21 @@ def _non_finite_tensors(path: Path, tensors: Dict, data_offset: int) -> List[str
         if not finite:
             found.append(name)
     return found
+
+
+def tensors_digest(path: Path) -> Optional[str]:
+    """sha256 of the weights a safetensors file holds, its header metadata (provenance, verify figures) left out: the
+    tensors' names, dtypes, shapes, places and bytes. Two conversions of one file that recorded other provenance have
+    the same digest; None when the file is not readable safetensors."""
+    tensors, data_offset, problem = _read_header(path, path.stat().st_size)
+    if problem:
+        return None
+    digest = hashlib.sha256(json.dumps(tensors, sort_keys=True).encode())
+    with open(path, 'rb') as f:
+        f.seek(data_offset)
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def reinstall_command(model_name_tag: str, metadata: Mapping[str, str]) -> Optional[str]:
