@@ -91,8 +91,13 @@ def run_cli(prog: str, main: Callable[[], int]) -> NoReturn:
     except UserError as e:
         print(f'{prog}: error: {e}', file=sys.stderr)
         code = 2
-    except KeyboardInterrupt as e:  # a command may say what an interrupt leaves (a release: how to resume)
-        print(f'{prog}: error: {printable(str(e.args[0])) if e.args else INTERRUPTED}', file=sys.stderr)
+    except (KeyboardInterrupt, RuntimeError) as e:
+        # Python < 3.12 wraps an exception raised while a class is made (in __set_name__) in a RuntimeError
+        if not isinstance(e, KeyboardInterrupt) and not isinstance(e.__cause__, KeyboardInterrupt):
+            raise
+        # a command may say what an interrupt leaves (a release: how to resume)
+        said = str(e.args[0]) if isinstance(e, KeyboardInterrupt) and e.args else INTERRUPTED
+        print(f'{prog}: error: {printable(said)}', file=sys.stderr)
         code = 130
     sys.exit(code)
 
