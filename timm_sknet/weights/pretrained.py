@@ -1,7 +1,9 @@
 """``pretrained=True`` for timm-sknet's models: the local store first, then the Hub, else an error that says how
 to get the weights. An installed copy is checked before timm reads it (``store.installed_problem``: changed since
 install, damaged, not fitting the model, non-finite values); one that fails raises ``InstalledWeightsError``, naming
-the file, the problem and the mend, rather than safetensors' or torch's error or a model that predicts NaN.
+the file, the problem and the mend, rather than safetensors' or torch's error or a model that predicts NaN. A copy
+whose floating tensors are of another dtype than the model's (an fp16 copy) loads, with one warning line saying so:
+``load_state_dict`` would cast it without a word.
 
 A model file's ``_create_*`` calls ``build_model_with_store`` where timm's own call ``build_model_with_cfg``.
 The store (``timm_sknet.weights.store``) holds what ``convert-caffe --install`` wrote; a copy there wins over the Hub and

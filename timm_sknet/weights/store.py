@@ -7,8 +7,8 @@ by default ``timm-sknet`` in the user cache directory (``$XDG_CACHE_HOME``, else
 size): the slot folder appears with both files or not at all. ``timm-sknet installed`` lists and re-checks it.
 
 The store knows what it holds: ``installed_problem`` finds a copy that changed since install (size, sha256), is
-damaged (truncated, garbage, not safetensors), does not fit its model (missing, extra or mis-shaped tensors) or
-holds non-finite values; ``pretrained=True`` and ``timm-sknet installed`` both ask it, and ``mend`` says what fixes it.
+damaged (truncated, garbage, not safetensors, a folder or a link to nothing in its place), does not fit its model
+(missing, extra or mis-shaped tensors) or holds non-finite values; ``pretrained=True`` and ``timm-sknet installed`` both ask it, and ``mend`` says what fixes it.
 Nothing here imports torch or timm, so convert-caffe stays light.
 """
 import contextlib
