@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo docs test
 
-# the start-up hook is copied into site-packages at install time: a change to it needs a reinstall
-$(VENV)/.installed: pyproject.toml timm_sknet/_autoload.py timm_sknet/_autoload.pth
+# the start-up hook and the console entry module are copied into site-packages at install time: a change to
+# either needs a reinstall
+$(VENV)/.installed: pyproject.toml timm_sknet/_autoload.py timm_sknet/_autoload.pth _timm_sknet_console.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

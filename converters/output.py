@@ -17,7 +17,7 @@ from safetensors.numpy import save
 import timm_sknet
 from timm_sknet.io.errors import UserError
 from timm_sknet.io.files import atomic_output, check_output_file, printable_name, sha256_file
-from timm_sknet.weights.store import STORE_ENV, install_target, install_weights
+from timm_sknet.weights.store import STORE_ENV, check_safetensors_path, install_target, install_weights
 
 WEIGHTS_SUFFIX = '.safetensors'
 
@@ -33,7 +33,7 @@ def add_destination_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--force', action='store_true', help='overwrite an existing output or installed copy')
 
 
-def output_file(path: os.PathLike, force: bool, *, parent_created_later: bool = False) -> Path:
+def output_file(path: os.PathLike, force: bool) -> Path:
     """Where converted weights may be written: a ``.safetensors`` file, not a directory (even with ``force``),
     replacing an existing file only when forced (``timm_sknet.io.files.check_output_file``)."""
     path = Path(path)
@@ -41,7 +41,7 @@ def output_file(path: os.PathLike, force: bool, *, parent_created_later: bool = 
         suggestion = path.with_suffix(WEIGHTS_SUFFIX) if path.suffix else path.with_name(path.name + WEIGHTS_SUFFIX)
         raise UserError(f'{path} does not end in {WEIGHTS_SUFFIX}: timm would open it with torch.load, which '
                         f'unpickles it and fails on safetensors data; name it {suggestion}')
-    return check_output_file(path, force, parent_created_later=parent_created_later)
+    return check_safetensors_path(check_output_file(path, force))
 
 
 def destination(args: argparse.Namespace, model_name_tag: str, source: os.PathLike, source_kind: str) -> Path:

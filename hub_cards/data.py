@@ -24,6 +24,7 @@ from timm.data import create_dataset
 from timm.data.readers.img_extensions import get_img_extensions
 
 from timm_sknet.io.errors import UserError
+from timm_sknet.io.images import open_rgb
 
 from .progress import Progress
 
@@ -112,8 +113,7 @@ def _read_and_decode(path: str) -> Tuple[bytes, Optional[Image.Image], str]:
     """The file's bytes, and its RGB image or why it does not decode to one."""
     data = Path(path).read_bytes()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return data, image.convert('RGB'), ''
+        return data, open_rgb(io.BytesIO(data)), ''
     except Exception as e:  # noqa: BLE001  (PIL's decoders raise OSError, SyntaxError, ValueError and others)
         return data, None, f'{type(e).__name__}: {e}'
 

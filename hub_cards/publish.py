@@ -174,9 +174,9 @@ def check_repo_id(repo_id: str, authors: AuthorsWeights) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
-        raise UserError(f'invalid --repo-id {repo_id!r}: {str(e).splitlines()[0]}') from None
+        raise UserError(f"invalid --repo-id '{repo_id}': {str(e).splitlines()[0]}") from None
     if repo_id.count('/') != 1:
-        raise UserError(f'--repo-id {repo_id!r} must be NAMESPACE/NAME, e.g. timm-sknet/{authors.name}')
+        raise UserError(f"--repo-id '{repo_id}' must be NAMESPACE/NAME, e.g. --repo-id timm-sknet/{authors.name}")
     named_arch, _ = split_model_name_tag(repo_id.split('/')[1])
     if timm.is_model(named_arch) and named_arch != authors.architecture:
         raise UserError(f'--repo-id {repo_id} is named for {named_arch} but --model is {authors.architecture}; name '

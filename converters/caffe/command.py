@@ -60,7 +60,12 @@ def convert_caffemodel(caffemodel: str, model: str, prototxt: Optional[str] = No
                        images: Optional[List[str]] = None) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
     """The tensors of ``model`` from a caffemodel of the release (with ``prototxt``'s graph if given) and the
     header metadata recording where they come from; with ``verify`` checked against OpenCV's run of the caffemodel
-    on ``images`` (default: generated ones), the figures added to the metadata. Nothing is written."""
+    on ``images`` (default: generated ones), the figures added to the metadata. Nothing is written; each image
+    decodes whole, or that is said before any work."""
+    if images:
+        from timm_sknet.io.images import read_image
+        for image in images:
+            read_image(image, '--image')
     spec = target_spec(model)
     weights = read_caffemodel(caffemodel)
     check_not_cut_short(weights, spec, caffemodel)

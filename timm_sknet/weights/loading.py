@@ -16,9 +16,9 @@ def architecture(model_name: str) -> str:
     """``sknet50.caffe_in1k`` -> ``sknet50``; refuses names timm does not know."""
     arch, tag = split_model_name_tag(model_name)
     if not timm.is_model(arch):
-        raise UserError(f"unknown model {model_name!r}; see timm.list_models('sk*') for the SKNets")
+        raise UserError(f"unknown model '{model_name}'; see timm.list_models('sk*') for the SKNets")
     if tag and model_name not in timm.list_models(arch, include_tags=True):
-        raise UserError(f'{arch} has no pretrained tag {tag!r}; use one of {timm.list_models(arch, include_tags=True)}')
+        raise UserError(f"{arch} has no pretrained tag '{tag}'; use one of {timm.list_models(arch, include_tags=True)}")
     return arch
 
 
