@@ -88,6 +88,7 @@ def run_cli(prog: str, main: Callable[[], int]) -> NoReturn:
             if hasattr(stream, 'reconfigure'):  # not a test's capture object
                 stream.reconfigure(errors=NAME_BYTES_ERRORS)
         code = main()
+        sys.stdout.flush()  # here, where a reader that went away is caught, not at exit
     except UserError as e:
         print(f'{prog}: error: {e}', file=sys.stderr)
         code = 2
@@ -99,6 +100,10 @@ def run_cli(prog: str, main: Callable[[], int]) -> NoReturn:
         said = str(e.args[0]) if isinstance(e, KeyboardInterrupt) and e.args else INTERRUPTED
         print(f'{prog}: error: {printable(said)}', file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # the reader went away (`timm-sknet installed | head -1`): not worth a word
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail again
+        code = 1
     sys.exit(code)
 
 

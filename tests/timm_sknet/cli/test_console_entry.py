@@ -2,9 +2,11 @@
 covers the packages' own imports (before ``run_cli`` is running) and the Ctrl-C that CPython catches and drops while
 it checks the script's path. The milliseconds before (CPython starting) are measured by
 ``python -m benchmarks.sigint_window``, not tested: a timed test would fail by the load of the machine."""
+import os
 import subprocess
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,16 @@ def test_ctrl_c_wrapped_by_python_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr('timm_sknet.cli.installed.run', work)
     assert run_cli(monkeypatch, 'installed') == 130
     assert capsys.readouterr().err == INTERRUPTED
+
+
+def test_a_reader_that_goes_away_ends_the_command_without_a_traceback(tmp_path):
+    """``timm-sknet installed | head -1``: the pipe closes before the listing is written; the command ends quietly."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that has already gone: every write fails with EPIPE
+    try:
+        proc = subprocess.run([str(Path(sys.executable).parent / 'timm-sknet'), 'installed'], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60,
+                              env=dict(os.environ, TIMM_SKNET_HOME=str(tmp_path / 'store')))
+    finally:
+        os.close(write_end)
+    assert proc.stderr == '' and proc.returncode == 1
