@@ -23,7 +23,8 @@ from PIL import Image
 from timm.data import create_dataset
 from timm.data.readers.img_extensions import get_img_extensions
 
-from timm_sknet.io.errors import UserError
+from timm_sknet.io.errors import UserError, printable
+from timm_sknet.io.files import printable_name
 from timm_sknet.io.images import open_rgb
 
 from .progress import Progress
@@ -170,7 +171,8 @@ def check_images(found: FoundImages, data_dir: Path, skip_unreadable: bool, work
         raise UserError(f'none of the {len(paths)} images in {found.root} decodes; pass readable images')
     samples = [sample for sample, (error, _) in zip(found.samples, checks) if not error]
     sha256 = {path: file_sha256 for path, (error, file_sha256) in zip(paths, checks) if not error}
-    skipped = [{'file': str(Path(path).relative_to(data_dir)), 'error': error} for path, error in unreadable]
+    skipped = [{'file': printable_name(str(Path(path).relative_to(data_dir))), 'error': printable(error)}
+               for path, error in unreadable]
     return CheckedImages(samples, sha256, skipped, data_digest(found.root, samples, sha256))
 
 

@@ -18,14 +18,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 import timm
 import torch
+from timm.data import create_loader
 from torch import nn
 
 import timm_sknet
 from timm_sknet.io.errors import UserError
-from timm_sknet.io.files import atomic_output, check_can_write, sha256_file
+from timm_sknet.io.files import atomic_output, check_can_write, printable_name, sha256_file
 from timm_sknet.weights.loading import create_model_with_weights
 from timm_sknet.weights.release import AUTHORS_WEIGHTS
-from timm.data import create_loader
 
 from .data import CheckedImages, DecodedImages, FoundImages, UnreadableImageError, check_images, find_images, \
     read_class_map
@@ -167,9 +167,9 @@ def results_record(model_name: str, weights: Path, weights_sha256: str, data_dir
     return {
         'format': RESULTS_FORMAT,
         'model': model_name,
-        'weights': {'file': weights.name, 'size': weights.stat().st_size, 'sha256': weights_sha256},
+        'weights': {'file': printable_name(weights.name), 'size': weights.stat().st_size, 'sha256': weights_sha256},
         'data': {
-            'dir': str(data_dir.resolve()), 'sha256': checked.digest, 'image_count': len(checked.samples),
+            'dir': printable_name(str(data_dir.resolve())), 'sha256': checked.digest, 'image_count': len(checked.samples),
             'num_classes': len(found.class_to_idx), 'class_map': found.class_map, 'skipped': checked.skipped,
         },
         'evaluations': evaluations,

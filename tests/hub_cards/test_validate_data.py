@@ -2,6 +2,7 @@
 (the installed ``timm-sknet`` in a subprocess), each refused in one line with nothing written and the data untouched,
 and an unreadable image either stops the run or, when skipped, is named in results that ``publish`` refuses."""
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Dict
@@ -216,3 +217,16 @@ def test_image_whose_bytes_change_mid_run_raises_instead_of_being_counted(tmp_pa
     _image('green').save(path)
     with pytest.raises(UnreadableImageError, match=f'{path} changed: its bytes are not those checked before the run'):
         dataset[0]
+
+
+def test_names_that_are_not_utf8_are_written_as_their_bytes(colour_weights, folder_with_a_bad_jpeg, tmp_path):
+    """A skipped image whose name is not UTF-8: the results (JSON that other tools read) show its bytes as \\xNN,
+    never Python's \\udcNN surrogate escape."""
+    odd = folder_with_a_bad_jpeg / 'val' / 'c1' / os.fsdecode(b'cut-\xff.jpg')
+    (folder_with_a_bad_jpeg / 'val' / 'c1' / 'cut.jpg').rename(odd)
+    output = tmp_path / 'results.json'
+    proc = _validate(colour_weights, folder_with_a_bad_jpeg, output, '--skip-unreadable')
+    assert proc.returncode == 0, proc.stderr
+    text = output.read_text(encoding='utf-8')
+    assert '\\udc' not in text
+    assert [s['file'] for s in json.loads(text)['data']['skipped']] == ['val/c1/cut-\\xff.jpg']
