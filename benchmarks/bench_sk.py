@@ -5,6 +5,7 @@
     python -m benchmarks.bench_sk --quick          # smoke test: 3 repeats, batch 8 only, eager only
     python -m benchmarks.bench_sk --runs 5         # the same in 5 fresh processes, then the goals' ratios of
                                                    # every run and their median
+    python -m benchmarks.bench_sk --compile --chart speed.png   # and a chart of it: eager beside compile
 
 A model is a timm name, optionally with a deploy transform: ``NAME:deploy`` is ``timm.utils.reparameterize_model``
 (what ``--reparam`` in timm's scripts calls), ``NAME:fx-fuse`` is ``torch.fx.experimental.optimization.fuse`` (conv
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -46,6 +48,7 @@ from timm.utils import reparameterize_model
 from torch.fx.experimental.optimization import fuse
 from timm_sknet.io.errors import UserError, run_cli  # importing timm_sknet registers sknet50
 
+from benchmarks.chart import chart_data, check_chart_path, write_chart
 from benchmarks.timing import (
     FORMATS, Case, cpu_rss_peak_growth, describe_machine, load_average, make_step, tensor_peak_growth,
     time_round_robin)
@@ -88,10 +91,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--quick', action='store_true', help='smoke test: defaults become --repeats 3 --warmup 1 --eval-batch-sizes 8')
     parser.add_argument('--runs', type=int, default=1,
                         help='repeat the whole run in this many fresh processes and report the median ratios')
+    parser.add_argument('--chart', type=Path, metavar='FILE.png',
+                        help='draw each model\'s img/s in its faster memory format, eager beside compile, to '
+                             'FILE.png, with the numbers in FILE.json (needs the plots extra; not with --runs)')
+    parser.add_argument('--force', action='store_true', help='replace an existing --chart FILE.png / FILE.json')
     parser.add_argument('--goals-out', help=argparse.SUPPRESS)  # a run of --runs writes its goals here (JSON)
     args = parser.parse_args(argv)
     if args.runs < 1:
         raise UserError(f'--runs must be at least 1, got {args.runs}')
+    if args.chart is not None:
+        if args.runs > 1:
+            raise UserError('--chart draws the figures of one run: leave out --runs')
+        check_chart_path(args.chart, args.force)
     defaults = dict(repeats=3, warmup=1, eval_batch_sizes='8') if args.quick else \
         dict(repeats=10, warmup=2, eval_batch_sizes='1,8')
     for name, value in defaults.items():
@@ -158,10 +169,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cases = build_cases(args)
     base_models = {name: build_model(name, device) for name in names}
 
-    print(f'machine: {describe_machine(device)}')
+    machine = describe_machine(device)
+    print(f'machine: {machine}')
     print(f'precision: {"bf16 autocast" if device.type == "cuda" else "fp32"}; image {args.img_size}px; '
           f'{args.repeats} timed rounds (+{args.warmup} warm-up) per case, models interleaved, median reported')
-    print(f'load average at start (1/5/15 min): {load_average()}\n')
+    load_at_start = load_average()
+    print(f'load average at start (1/5/15 min): {load_at_start}\n')
 
     samples = {}  # (case, name) -> seconds per iteration, one per round
     memory = {}  # (case, name) -> (tensor peak bytes, rss peak growth bytes)
@@ -197,13 +210,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 for name, t in timed.items())
             print(f'[{case}] {spread}', flush=True)
         print(f'({time.perf_counter() - started:.0f} s)', flush=True)
-    print(f'\nload average at end (1/5/15 min): {load_average()}')
+    load_at_end = load_average()
+    print(f'\nload average at end (1/5/15 min): {load_at_end}')
     # The goals were set for 224px on a CPU.
     measured = report(names, cases, samples, memory, show_goals=args.img_size == 224 and device.type == 'cpu')
     if args.goals_out:
         with open(args.goals_out, 'w') as f:
             json.dump(measured, f)
+    if args.chart is not None:
+        data = chart_data(fastest_speeds(names, cases, samples), machine, argv, (load_at_start, load_at_end))
+        write_chart(args.chart, data, args.force)
     return 0
+
+
+def _best_formats(names: List[str], group: List[Case], speed: Dict[Tuple[Case, str], float]) -> Dict[str, Case]:
+    """Each model's faster case of one mode, batch size and backend (the group differs only in memory format)."""
+    return {n: max(group, key=lambda c: speed[c, n]) for n in names if (group[0], n) in speed}
+
+
+def _speeds(samples: Dict[Tuple[Case, str], List[float]]) -> Dict[Tuple[Case, str], float]:
+    """img/s: the batch over the median seconds per iteration."""
+    return {key: key[0].batch_size / statistics.median(t) for key, t in samples.items()}
+
+
+def _groups(cases: List[Case]) -> List[Tuple[str, int, str]]:
+    return sorted({(c.mode, c.batch_size, c.backend) for c in cases}, key=str)
+
+
+def fastest_speeds(names: List[str], cases: List[Case], samples: Dict[Tuple[Case, str], List[float]]
+                   ) -> Dict[str, Dict[str, Dict[str, Dict[str, Any]]]]:
+    """'eval b8' -> backend -> model -> {'img_s', 'format'}, each model in its faster memory format."""
+    speed = _speeds(samples)
+    result: Dict[str, Dict[str, Dict[str, Dict[str, Any]]]] = {}
+    for mode, batch, backend in sorted(_groups(cases), key=lambda g: (g[0], g[1], g[2] != 'eager')):
+        group = [c for c in cases if (c.mode, c.batch_size, c.backend) == (mode, batch, backend)]
+        best = _best_formats(names, group, speed)
+        result.setdefault(f'{mode} b{batch}', {})[backend] = {
+            n: {'img_s': round(speed[case, n], 2), 'format': case.memory_format} for n, case in best.items()}
+    return result
 
 
 def _paired_ratio(faster: List[float], slower: List[float]) -> float:
@@ -219,7 +263,7 @@ def report(
         show_goals: bool,
 ) -> List[Dict[str, Any]]:
     """Print the tables; return the goals as measured (empty unless ``show_goals``)."""
-    speed = {key: key[0].batch_size / statistics.median(t) for key, t in samples.items()}
+    speed = _speeds(samples)
     ratio_cols = [n for n in names if n != OURS] if OURS in names else []
     print(f'\n## img/s (median) and {OURS} / other (median of the per-round ratios)')
     print('| case | ' + ' | '.join(names + [f'{OURS} / {n}' for n in ratio_cols]) + ' |')
@@ -241,12 +285,11 @@ def report(
             print(f'| {case} | ' + ' | '.join(cells) + ' |')
 
     print("\n## each model in its faster memory format (the goals' comparison; ratios paired round by round)")
-    groups = sorted({(c.mode, c.batch_size, c.backend) for c in cases}, key=str)
     measured = []
-    for mode, batch, backend in groups:
+    for mode, batch, backend in _groups(cases):
         group = [c for c in cases if (c.mode, c.batch_size, c.backend) == (mode, batch, backend)]
-        timed = [n for n in names if (group[0], n) in speed]
-        best = {n: max(group, key=lambda c: speed[c, n]) for n in timed}
+        best = _best_formats(names, group, speed)
+        timed = list(best)
         parts = [f'{n} {speed[best[n], n]:.2f} img/s ({best[n].memory_format})' for n in timed]
         print(f'{mode} b{batch} {backend}: ' + ', '.join(parts))
         if mode == 'train':

@@ -4,19 +4,20 @@ weights store, ``--force`` to replace, and the source's provenance in the safete
 Nothing here imports torch or timm: convert-caffe without ``--verify`` runs without them.
 """
 import argparse
+import json
 import os
+import struct
 from importlib.metadata import version
 from pathlib import Path
 from typing import Dict
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 import timm_sknet
 from timm_sknet.io.errors import UserError
-from timm_sknet.io.files import atomic_output, check_output_file, printable_name, sha256_file, write_error
-from timm_sknet.weights.store import STORE_ENV, install_target, install_weights
+from timm_sknet.io.files import atomic_output, check_output_file, printable_name, sha256_file
+from timm_sknet.weights.store import STORE_ENV, check_safetensors_path, install_target, install_weights
 
 WEIGHTS_SUFFIX = '.safetensors'
 
@@ -32,7 +33,7 @@ def add_destination_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--force', action='store_true', help='overwrite an existing output or installed copy')
 
 
-def output_file(path: os.PathLike, force: bool, *, parent_created_later: bool = False) -> Path:
+def output_file(path: os.PathLike, force: bool) -> Path:
     """Where converted weights may be written: a ``.safetensors`` file, not a directory (even with ``force``),
     replacing an existing file only when forced (``timm_sknet.io.files.check_output_file``)."""
     path = Path(path)
@@ -40,7 +41,7 @@ def output_file(path: os.PathLike, force: bool, *, parent_created_later: bool = 
         suggestion = path.with_suffix(WEIGHTS_SUFFIX) if path.suffix else path.with_name(path.name + WEIGHTS_SUFFIX)
         raise UserError(f'{path} does not end in {WEIGHTS_SUFFIX}: timm would open it with torch.load, which '
                         f'unpickles it and fails on safetensors data; name it {suggestion}')
-    return check_output_file(path, force, parent_created_later=parent_created_later)
+    return check_safetensors_path(check_output_file(path, force))
 
 
 def destination(args: argparse.Namespace, model_name_tag: str, source: os.PathLike, source_kind: str) -> Path:
@@ -71,11 +72,33 @@ def write_weights(tensors: Dict[str, np.ndarray], output: Path, metadata: Dict[s
     (``--install``) the store slot of ``model_name_tag``, which appears with its ``install.json`` in one step."""
     target = install_weights(model_name_tag, args.force, installed_by) if args.install else \
         atomic_output(output, args.force)
+    content = safetensors_bytes(tensors, metadata)
     with target as tmp:
-        try:
-            save_file(tensors, tmp, metadata)
-        except SafetensorError as e:  # its I/O errors (a full disk, a file-size limit) come wrapped
-            raise write_error(output, e) from None
+        tmp.write_bytes(content)
+
+
+def safetensors_bytes(tensors: Dict[str, np.ndarray], metadata: Dict[str, str]) -> bytes:
+    """The safetensors file of ``tensors`` and ``metadata``, the same bytes for the same input.
+
+    safetensors writes the metadata in its hash map's order, which changes from one process to the next, so two
+    conversions of one file would differ in their sha256 (and a resumed release would take unchanged weights for
+    new ones). The header is written again with the metadata keys sorted, where that gives safetensors' own
+    serialisation of it; the tensors' bytes and offsets are untouched.
+    """
+    content = save(tensors, metadata)
+    (header_size,) = struct.unpack('<Q', content[:8])
+    text = content[8:8 + header_size].decode('utf-8')
+    header = json.loads(text)
+    if '__metadata__' not in header or _compact_json(header) != text.rstrip(' '):
+        return content  # another serialisation than serde_json's compact one: keep safetensors' bytes as they are
+    header['__metadata__'] = dict(sorted(header['__metadata__'].items()))
+    ordered = _compact_json(header).encode('utf-8')  # as long as the original: the same text in another order
+    return content[:8] + ordered + content[8 + len(ordered):]
+
+
+def _compact_json(value: Dict) -> str:
+    """JSON as serde_json writes it compactly (safetensors' header)."""
+    return json.dumps(value, separators=(',', ':'), ensure_ascii=False)
 
 
 def report_written(output: Path, model_name: str, model_name_tag: str, install: bool) -> None:

@@ -4,6 +4,7 @@ client's environment, and loading models through a Hub in a subprocess.
 huggingface_hub reads ``HF_ENDPOINT`` and ``HF_HOME`` when it is imported, so loading happens in a subprocess.
 """
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -21,9 +22,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from converters.caffe.writer import write_caffemodel
+from hub_write_server import Repo
 from support import randomize_norms
 
 NAMESPACE = 'e2e-sknet'
+TOKEN = 'hf_loopbackWriteToken4e1f0c'  # the one token the write server takes
+WRITE_SERVER = Path(__file__).parent / 'hub_write_server.py'
 BIN_DIR = Path(sys.executable).parent
 SERVER_START_TIMEOUT_S = 60
 
@@ -144,6 +148,55 @@ def olah(mirrors: Path, workdir: Path, probe: str) -> Iterator[str]:
     with serve('olah', [str(BIN_DIR / 'olah-cli'), '-c', str(config), '--log-path', str(workdir / 'logs')],
                workdir, workdir / 'olah.log', f'{endpoint}/{probe}'):
         yield endpoint
+
+
+@dataclasses.dataclass
+class WriteHub:
+    """The running write server: its endpoint, the root of its git repos, and its request log."""
+
+    endpoint: str
+    root: Path
+    log: Path
+
+    def requests(self) -> List[dict]:
+        """Every request the server answered so far, in order: its log's JSON lines."""
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith('{')]
+
+    def git(self, repo_id: str, *args: str) -> str:
+        """git in a repo as the server stores it: what it holds, not what it answered."""
+        return subprocess.run(['git', '-C', str(self.root / 'models' / repo_id), *args], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    def file(self, repo_id: str, commit: str, path: str) -> bytes:
+        """The stored bytes of ``path`` at ``commit``."""
+        return subprocess.run(['git', '-C', str(self.root / 'models' / repo_id), 'cat-file', 'blob',
+                               f'{commit}:{path}'], check=True, capture_output=True).stdout
+
+
+@contextlib.contextmanager
+def write_hub(workdir: Path, read_through: str = '') -> Iterator[WriteHub]:
+    """``hub_write_server.py`` on a free loopback port, its repos under ``workdir/root`` (with ``read_through``: file
+    downloads answered by that server); at the end, no request may have failed with a server error and the token
+    must not be in its log."""
+    port = free_port()
+    hub = WriteHub(f'http://127.0.0.1:{port}', workdir / 'root', workdir / 'server.log')
+    command = [sys.executable, str(WRITE_SERVER), '--root', str(hub.root), '--port', str(port), '--token', TOKEN,
+               '--read-through', read_through]
+    with serve('hub_write_server', command, workdir, hub.log, f'{hub.endpoint}/'):
+        yield hub
+    assert all(r['status'] != 500 for r in hub.requests()), hub.log.read_text()
+    assert TOKEN not in hub.log.read_text()
+
+
+@contextlib.contextmanager
+def read_write_hub(workdir: Path) -> Iterator[WriteHub]:
+    """One endpoint that reads and writes, as the Hub: the write server, which passes file downloads on to an olah
+    serving its repos (a repo is made first for olah to show it is up)."""
+    root = workdir / 'root'
+    Repo(root, 'probe/ready').create(private=False)
+    with olah(root, workdir, 'probe/ready/resolve/main/.gitattributes') as olah_endpoint:
+        with write_hub(workdir, olah_endpoint) as hub:
+            yield hub
 
 
 def client_env(endpoint: str, hf_home: Path, store: Optional[Path] = None) -> Dict[str, str]:

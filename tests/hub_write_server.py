@@ -32,6 +32,14 @@ what the Hub answers where the client depends on it:
   file's real bytes become an ordinary git blob, so olah serves them. Like the Hub, it commits whatever it is
   sent, unchanged files included: dropping those is the client's job.
 
+- ``GET /api/whoami-v2``: who the token is (401 without a valid one), what a client asks before it writes.
+- ``GET /api/models/<repo>...?blobs=true``: each file's ``size``, ``blobId`` and, for a file the preupload rule
+  makes LFS, ``lfs`` (``sha256``, ``size``): what the Hub says of a repo's files.
+- With ``--read-through URL``, the file downloads (``GET`` / ``HEAD /<repo>/resolve/<rev>/<path>``) are passed on
+  to the server at URL, an olah whose ``mirrors-path`` is this server's root: one endpoint then reads and writes,
+  as the Hub does, and what is read back comes from an implementation other than this one. A private repo's files
+  need the token here too.
+
 Writes need ``Authorization: Bearer <token>``; a wrong token gets 401 on any request, as on the Hub. ``HEAD /``
 answers 200 once the server is up. Every request is logged to stdout as one JSON line (method, path, status
 and what it did), before it is answered and never with its headers.
@@ -55,6 +63,8 @@ import subprocess
 import tempfile
 import threading
 import traceback
+import urllib.error
+import urllib.request
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -85,6 +95,26 @@ class DroppedConnection(Exception):
     def __init__(self, received: int):
         super().__init__(received)
         self.received = received
+
+
+class ReadThrough(Exception):
+    """A file download, answered by the ``--read-through`` server: ``url`` is what to ask it."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.url = url
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect goes back to the client as it is: the client follows it to this server, which reads through."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_READ_THROUGH = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+HOP_BY_HOP = {'connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authenticate',
+              'proxy-authorization'}
 
 
 class HubError(Exception):
@@ -257,14 +287,28 @@ class Hub:
             raise HubError(400, 'The metadata block of README.md is not closed by a --- line')
         return 200, {'errors': [], 'warnings': []}, {}
 
-    def model_info(self, repo: Repo, rev: str = 'main') -> Answer:
+    def model_info(self, repo: Repo, query: Dict[str, List[str]], rev: str = 'main') -> Answer:
         sha = repo.resolve(rev)
         committed = datetime.fromtimestamp(int(_git(repo.path, 'show', '-s', '--format=%ct', sha)), timezone.utc)
+        files = repo.files(sha)
+        siblings = [{'rfilename': path} for path in files]
+        if query.get('blobs') == ['True'] or query.get('blobs') == ['true']:
+            patterns = repo.lfs_patterns(files)
+            for sibling in siblings:
+                blob, size = files[sibling['rfilename']]
+                sibling.update(size=size, blobId=blob)
+                oid = repo.remote_oid(files, patterns, sibling['rfilename'])
+                if oid != blob:  # the preupload rule makes it LFS: the Hub describes its LFS object
+                    sibling['lfs'] = {'sha256': oid, 'size': size, 'pointerSize': 134}
         return 200, {
             'id': repo.id, 'modelId': repo.id, 'author': repo.id.split('/')[0], 'sha': sha, 'private': repo.private,
             'disabled': False, 'gated': False, 'lastModified': committed.strftime('%Y-%m-%dT%H:%M:%S.000Z'),
-            'tags': [], 'downloads': 0, 'likes': 0, 'siblings': [{'rfilename': path} for path in repo.files(sha)],
+            'tags': [], 'downloads': 0, 'likes': 0, 'siblings': siblings,
         }, {'repo': repo.id, 'revision': rev, 'sha': sha}
+
+    @staticmethod
+    def whoami() -> Answer:
+        return 200, {'type': 'user', 'name': 'hub-write-server-user', 'auth': {'type': 'access_token'}}, {}
 
     def create_branch(self, repo: Repo, branch: str, body: bytes) -> Answer:
         if subprocess.run(['git', 'check-ref-format', '--branch', branch], capture_output=True).returncode:
@@ -360,6 +404,7 @@ REPO = r'/(?P<ns>[^/]+)/(?P<name>[^/]+)'
 ROUTES = [  # method, path, Hub method, whether it needs the token; a path with a repo gets it found and checked
     ('POST', r'/api/repos/create', 'create_repo', True),
     ('POST', r'/api/validate-yaml', 'validate_yaml', False),
+    ('GET', r'/api/whoami-v2', 'whoami', True),
     ('GET', rf'/api/models{REPO}', 'model_info', False),
     ('GET', rf'/api/models{REPO}/revision/(?P<rev>[^/]+)', 'model_info', False),
     ('POST', rf'/api/models{REPO}/branch/(?P<branch>[^/]+)', 'create_branch', True),
@@ -399,6 +444,9 @@ class Handler(BaseHTTPRequestHandler):
                 status, body, details = self._dispatch(url.path, parse_qs(url.query))
             except json.JSONDecodeError as e:
                 raise HubError(400, f'Malformed JSON in the request body: {e}') from None
+        except ReadThrough as e:
+            self._read_through(e.url, unquote(url.path))
+            return
         except DroppedConnection as e:
             print(json.dumps({'method': self.command, 'path': unquote(url.path), 'status': None,
                               'dropped_after': e.received}), flush=True)
@@ -421,6 +469,26 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != 'HEAD':
             self.wfile.write(payload)
+
+    def _read_through(self, url: str, path: str) -> None:
+        """Answer with what the read-through server answers to ``url``, streamed; logged as every request is."""
+        request = urllib.request.Request(url, method=self.command, headers={
+            k: v for k, v in self.headers.items() if k.lower() in ('range', 'accept-encoding')})
+        try:
+            response = _READ_THROUGH.open(request, timeout=60)
+        except urllib.error.HTTPError as e:  # an error answer (or a redirect) is passed on as it is
+            response = e
+        with response:
+            print(json.dumps({'method': self.command, 'path': path, 'status': response.status, 'read_through': True}),
+                  flush=True)
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    self.send_header(name, value)
+            self.end_headers()
+            if self.command != 'HEAD':
+                for chunk in iter(lambda: response.read(1 << 20), b''):
+                    self.wfile.write(chunk)
 
     def _dispatch(self, raw_path: str, query: Dict[str, List[str]]) -> Answer:
         hub = self.server.hub
@@ -450,6 +518,11 @@ class Handler(BaseHTTPRequestHandler):
             if scheme.lower() != 'bearer' or not hmac.compare_digest(token.encode(), hub.token.encode()):
                 raise HubError(401, INVALID_TOKEN)
             authorized = True
+        download = re.fullmatch(rf'{REPO}/resolve/.+', raw_path)
+        if download and self.command in ('GET', 'HEAD') and self.server.read_through:
+            with hub.lock:  # found, and its privacy respected, before the other server is asked
+                hub.repo(unquote(download['ns']), unquote(download['name']), authorized)
+            raise ReadThrough(self.server.read_through + self.path)
         for method, pattern, action, needs_token in ROUTES:
             match = re.fullmatch(pattern, raw_path)
             if method == self.command and match:
@@ -458,6 +531,8 @@ class Handler(BaseHTTPRequestHandler):
                 args: Dict[str, Any] = {k: unquote(v) for k, v in match.groupdict().items()}
                 if method == 'POST':
                     args['body'] = body
+                if action == 'model_info':
+                    args['query'] = query
                 with hub.lock:
                     if 'ns' in args:
                         args['repo'] = hub.repo(args.pop('ns'), args.pop('name'), authorized)
@@ -468,9 +543,10 @@ class Handler(BaseHTTPRequestHandler):
 class HubServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, root: Path, token: str):
+    def __init__(self, port: int, root: Path, token: str, read_through: str = ''):
         super().__init__(('127.0.0.1', port), Handler)
         self.hub = Hub(root, token, f'http://127.0.0.1:{self.server_address[1]}')
+        self.read_through = read_through.rstrip('/')
 
 
 def main() -> None:
@@ -478,9 +554,11 @@ def main() -> None:
     parser.add_argument('--root', type=Path, required=True, help='where repos live: ROOT/models/<namespace>/<name>')
     parser.add_argument('--port', type=int, required=True)
     parser.add_argument('--token', required=True, help='the one token that may write')
+    parser.add_argument('--read-through', default='', metavar='URL',
+                        help='the server that answers file downloads: an olah serving ROOT as its mirrors-path')
     args = parser.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
-    HubServer(args.port, args.root.resolve(), args.token).serve_forever()
+    HubServer(args.port, args.root.resolve(), args.token, args.read_through).serve_forever()
 
 
 if __name__ == '__main__':

@@ -14,8 +14,9 @@ of converting a 200 MB caffemodel (see ``convert.py``).
 """
 import argparse
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 from google.protobuf.message import Message
 
 from timm_sknet.io.errors import UserError
@@ -49,14 +50,30 @@ def run(args: argparse.Namespace) -> int:
     output = destination(args, name_tag, args.caffemodel, 'caffemodel')
     if args.image and not args.verify:
         raise UserError('--image only has an effect with --verify')
-    spec = target_spec(args.model)
-    weights = read_caffemodel(args.caffemodel)
-    check_not_cut_short(weights, spec, args.caffemodel)
-    if args.prototxt:
-        graph_net = read_prototxt(args.prototxt)
-        check_prototxt_fits(graph_net, weights, args.prototxt, args.caffemodel)
+    tensors, metadata = convert_caffemodel(args.caffemodel, args.model, args.prototxt, args.verify, args.image)
+    write_weights(tensors, output, metadata, args, name_tag, 'convert-caffe')
+    report_written(output, args.model, name_tag, args.install)
+    return 0
+
+
+def convert_caffemodel(caffemodel: str, model: str, prototxt: Optional[str] = None, verify: bool = False,
+                       images: Optional[List[str]] = None) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """The tensors of ``model`` from a caffemodel of the release (with ``prototxt``'s graph if given) and the
+    header metadata recording where they come from; with ``verify`` checked against OpenCV's run of the caffemodel
+    on ``images`` (default: generated ones), the figures added to the metadata. Nothing is written; each image
+    decodes whole, or that is said before any work."""
+    if images:
+        from timm_sknet.io.images import read_image
+        for image in images:
+            read_image(image, '--image')
+    spec = target_spec(model)
+    weights = read_caffemodel(caffemodel)
+    check_not_cut_short(weights, spec, caffemodel)
+    if prototxt:
+        graph_net = read_prototxt(prototxt)
+        check_prototxt_fits(graph_net, weights, prototxt, caffemodel)
     elif not any(layer.type for layer in weights.layer):
-        raise UserError(f'{args.caffemodel} holds weights but no layer definitions; pass its --prototxt')
+        raise UserError(f'{caffemodel} holds weights but no layer definitions; pass its --prototxt')
     else:
         graph_net = weights
     try:
@@ -65,19 +82,16 @@ def run(args: argparse.Namespace) -> int:
     except UserError as e:
         if graph_net is not weights and _converts_alone(weights, spec):
             raise UserError(
-                f'--prototxt {args.prototxt} disagrees with the caffemodel, which converts with the layers it embeds: '
+                f'--prototxt {prototxt} disagrees with the caffemodel, which converts with the layers it embeds: '
                 f'leave out --prototxt, or pass the prototxt released with it ({e})') from None
         raise
-    print(f'{Path(args.caffemodel).name}: {len(graph.matches)} weighted layers -> {len(tensors)} tensors of '
-          f'{args.model} (BN num_batches_tracked left at 0)')
-
-    metadata = provenance(args.caffemodel, args.model)
-    if args.verify:
+    print(f'{Path(caffemodel).name}: {len(graph.matches)} weighted layers -> {len(tensors)} tensors of '
+          f'{model} (BN num_batches_tracked left at 0)')
+    metadata = provenance(caffemodel, model)
+    if verify:
         from .verify import verify_conversion  # imports torch and timm: only here
-        metadata.update(verify_conversion(graph, weights, tensors, args.model, args.image, VERIFY_IMAGES))
-    write_weights(tensors, output, metadata, args, name_tag, 'convert-caffe')
-    report_written(output, args.model, name_tag, args.install)
-    return 0
+        metadata.update(verify_conversion(graph, weights, tensors, model, images, VERIFY_IMAGES))
+    return tensors, metadata
 
 
 def _converts_alone(weights: Message, spec: Dict[str, Any]) -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from timm_sknet.io.errors import UserError
+from timm_sknet.weights.release import CAFFE_TAG  # the tag whose data config is the release's input convention
 
 from .proto import blob_array
 from .net_rules import BN_TYPES, WEIGHTED_TYPES, InferenceGraph
@@ -28,7 +29,6 @@ from .release_match import place_layers
 __all__ = [
     'CAFFE_TAG', 'SPEC_DIR', 'convertible_models', 'target_spec', 'InferenceGraph', 'bn_eps', 'caffe_state_dict']
 
-CAFFE_TAG = 'caffe_in1k'  # the pretrained tag whose data config is the release's input convention
 SPEC_DIR = Path(__file__).parent / 'specs'  # one architecture spec per model in the release's format
 
 

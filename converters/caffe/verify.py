@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 import timm_sknet  # noqa: F401  (registers the SK models with timm)
 from timm_sknet.io.errors import UserError, require_module
+from timm_sknet.io.images import read_image
 from timm_sknet.weights.release import CAFFE_BGR_MEAN
 from timm_sknet.io.synthetic import synthetic_images
 
@@ -38,15 +39,15 @@ def generated_images(count: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def load_images(paths: Sequence[str], data_config: Dict) -> np.ndarray:
-    """8-bit BGR crops (N, H, W, 3) of image files: shorter side to size / crop_pct, centre crop, bilinear."""
+    """8-bit BGR crops (N, H, W, 3) of image files: shorter side to size / crop_pct, centre crop, bilinear. Each file
+    is decoded whole or refused (``timm_sknet.io.images``), as ``timm-sknet validate`` does: OpenCV's own reader
+    would run on the grey that libjpeg fills a cut-off JPEG with."""
     cv2 = require_module('cv2', 'verify')
     size = data_config['input_size'][-1]
     scale_size = int(size / data_config['crop_pct'])  # the release's 256 for 224
     crops = []
     for path in paths:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise UserError(f'--image {path} is missing or not an image OpenCV can read')
+        image = np.ascontiguousarray(np.asarray(read_image(path, '--image'))[..., ::-1])  # RGB -> BGR
         h, w = image.shape[:2]
         ratio = scale_size / min(h, w)
         image = cv2.resize(image, (max(size, round(w * ratio)), max(size, round(h * ratio))),

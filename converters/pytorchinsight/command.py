@@ -11,6 +11,9 @@ ImageNet mean and std.
 """
 import argparse
 from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
 
 from timm_sknet.weights.release import PYTORCHINSIGHT_TAG
 
@@ -27,19 +30,26 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     name_tag = f'{args.model}.{PYTORCHINSIGHT_TAG}'
     output = destination(args, name_tag, args.checkpoint, 'checkpoint')
-    from .convert import convert_state_dict, target_tensors  # torch and timm: only once the arguments are good
-    from .reader import read_checkpoint
-
-    checkpoint = read_checkpoint(args.checkpoint)
-    tensors = convert_state_dict(checkpoint, target_tensors(args.model), args.model)
-    recorded = ', '.join(f'{key} {value}' for key, value in checkpoint.records.items()) or 'no epoch or accuracy'
-    print(f'{Path(args.checkpoint).name}: {len(checkpoint.state_dict)} tensors -> {len(tensors)} tensors of '
-          f'{args.model} (optimizer state dropped; the file records {recorded})')
-    metadata = provenance(args.checkpoint, args.model)
-    metadata.update({f'source_{key}': value for key, value in checkpoint.records.items()})
+    tensors, metadata = convert_checkpoint(args.checkpoint, args.model)
     write_weights(tensors, output, metadata, args, name_tag, 'convert-pytorchinsight')
     report_written(output, args.model, name_tag, args.install)
     return 0
+
+
+def convert_checkpoint(checkpoint_path: str, model: str) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """The tensors of ``model`` from the authors' checkpoint, and the header metadata recording where they come from
+    (with the epoch and accuracies the checkpoint records). Nothing is written."""
+    from .convert import convert_state_dict, target_tensors  # torch and timm: only once the arguments are good
+    from .reader import read_checkpoint
+
+    checkpoint = read_checkpoint(checkpoint_path)
+    tensors = convert_state_dict(checkpoint, target_tensors(model), model)
+    recorded = ', '.join(f'{key} {value}' for key, value in checkpoint.records.items()) or 'no epoch or accuracy'
+    print(f'{Path(checkpoint_path).name}: {len(checkpoint.state_dict)} tensors -> {len(tensors)} tensors of '
+          f'{model} (optimizer state dropped; the file records {recorded})')
+    metadata = provenance(checkpoint_path, model)
+    metadata.update({f'source_{key}': value for key, value in checkpoint.records.items()})
+    return tensors, metadata
 
 
 def main() -> int:

@@ -12,22 +12,20 @@ from safetensors.torch import load_file, save_file
 
 from hub_cards.results import RESULTS_FORMAT
 from hub_helpers import free_port
+from test_card import evaluation
 from support import run_cli
 from timm_sknet.io.files import MANIFEST_NAME, sha256_file
 
 REPO_ID = 'someone/sknet50.caffe_in1k'
 
-def _results(weights_sha256: str, image_count: int = 50000, skipped: tuple = ()) -> dict:
+def _results(weights_sha256: str, image_count: int = 50000, skipped: tuple = (), top1_correct: int = 39627) -> dict:
     return {
         'format': RESULTS_FORMAT, 'model': 'sknet50',
         'weights': {'file': 'sknet50.safetensors', 'size': 1, 'sha256': weights_sha256},
-        'data': {'dir': '/data/imagenet/val', 'image_count': image_count, 'num_classes': 1000,
+        'data': {'dir': '/data/imagenet/val', 'sha256': 'd' * 64, 'image_count': image_count, 'num_classes': 1000,
+                 'class_map': 'the sorted class folders',
                  'skipped': [{'file': f, 'error': 'OSError: image file is truncated'} for f in skipped]},
-        'evaluations': [{
-            'input_size': [3, 224, 224], 'crop_pct': 0.875, 'crop_mode': 'center', 'interpolation': 'bilinear',
-            'image_count': image_count, 'top1_correct': 10, 'top5_correct': 30,
-            'top1': 100 * 10 / image_count, 'top5': 100 * 30 / image_count,
-        }],
+        'evaluations': [evaluation(224, 0.875, top1_correct, 47300, image_count)],
         'device': 'cpu', 'command': 'timm-sknet validate ...',
         'versions': {'timm_sknet': '0.1.0', 'timm': '1.0.31', 'torch': '2.15.0', 'python': '3.11.2'},
     }
@@ -73,14 +71,30 @@ def test_dry_run_with_matching_results_has_model_index(monkeypatch, tmp_path, we
     assert _publish(monkeypatch, weights, out, '--results', str(results)) == 0
     card = (out / 'README.md').read_text()
     assert 'model-index:' in card and 'not yet validated' not in card
-    assert '| 224 x 224 | bilinear to 256, crop 224 | 79.21 | 0.020 | -79.190 | 0.060 |' in card
+    assert '| `--img-size 224 --crop-pct 0.875` | 79.21 | 79.254 | +0.044 | 94.600 |' in card
+
+
+def test_publish_gates_the_number_and_states_an_accepted_shortfall(monkeypatch, tmp_path, weights, capsys):
+    """Results 2.21 points short of the authors' 79.21 at 224: refused without a reason, nothing written; with
+    --accept-shortfall the card carries the shortfall and the reason."""
+    results = tmp_path / 'results.json'
+    results.write_text(json.dumps(_results(sha256_file(weights), top1_correct=38500)))
+    out = tmp_path / 'repo'
+    assert _publish(monkeypatch, weights, out, '--results', str(results)) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and "77.000%, 2.210 points below the authors' 79.21%" in err
+    assert '--accept-shortfall "REASON"' in err and not out.exists()
+    assert _publish(monkeypatch, weights, out, '--results', str(results), '--accept-shortfall',
+                    'a known difference of the released file') == 0
+    card = (out / 'README.md').read_text()
+    assert '2.210 points below' in card and '> a known difference of the released file\n' in card
 
 
 USER_ERRORS = {  # case -> what the one-line message must say
     'results_for_other_weights': 'measured on other weights',
     'results_on_a_subset': 'covers 8 images',
     'results_that_skipped_images': 'skipped 1 unreadable images (the first n01440764/bad.JPEG)',
-    'results_of_an_older_validate': 'an older validate wrote it, before images were decode-checked',
+    'results_of_an_older_validate': 'an older validate wrote it, before each number named its preprocessing',
     'not_a_results_file': 'is not a timm-sknet validate results file',
     'missing_weights': 'does not exist',
     'wrong_model': 'holds sknet50 weights, not sknet101',
@@ -89,7 +103,8 @@ USER_ERRORS = {  # case -> what the one-line message must say
     'dry_run_without_output_dir': '--output-dir',
     'bad_repo_id': 'must be NAMESPACE/NAME',
     'repo_named_for_other_model': 'named for sknet101',
-    'unreleased_model': 'no released Caffe weights',
+    'unreleased_model': "sknet26.untrained holds no weights of the authors' releases",
+    'accept_shortfall_without_results': '--accept-shortfall applies to the results a card quotes',
 }
 
 
@@ -109,8 +124,8 @@ def test_publish_user_errors(monkeypatch, tmp_path, weights, capsys, case):
         extra += ['--results', str(tmp_path / 'r.json')]
     elif case == 'results_of_an_older_validate':
         results = _results(sha256_file(weights))
-        results['format'] = 'timm-sknet-validate/1'
-        del results['data']['skipped']
+        results['format'] = 'timm-sknet-validate/2'
+        del results['data']['sha256']
         (tmp_path / 'r.json').write_text(json.dumps(results))
         extra += ['--results', str(tmp_path / 'r.json')]
     elif case == 'missing_weights':
@@ -131,6 +146,8 @@ def test_publish_user_errors(monkeypatch, tmp_path, weights, capsys, case):
         repo_id = 'someone/sknet101.caffe_in1k'
     elif case == 'unreleased_model':
         model = 'sknet26'
+    elif case == 'accept_shortfall_without_results':
+        extra += ['--accept-shortfall', 'because']
     elif case == 'not_a_results_file':
         (tmp_path / 'r.json').write_text(json.dumps({'format': RESULTS_FORMAT, 'top1': 80.0}))
         extra += ['--results', str(tmp_path / 'r.json')]
@@ -177,3 +194,22 @@ def test_upload_failures_are_one_line(tmp_path, weights, case):
     if token:
         assert token not in proc.stderr + proc.stdout
     assert [p.name for p in tmp_path.iterdir() if p.name != 'hf'] == []  # neither --output-dir nor staging
+
+
+def test_publish_takes_the_authors_pytorch_weights(monkeypatch, tmp_path):
+    """sk_resnet50 / sk_resnet101 (their pytorchinsight_in1k tag) publish as the Caffe release's tags do."""
+    weights = tmp_path / 'sk_resnet50.safetensors'
+    provenance = {'source_file': 'sk_resnet50.pth.tar', 'source_size': '1', 'source_sha256': 'c' * 64,
+                  'model_name': 'sk_resnet50', 'timm_sknet_version': '0', 'timm_version': '0', 'torch_version': '0'}
+    save_file(timm.create_model('sk_resnet50').state_dict(), str(weights), metadata=provenance)
+    results = tmp_path / 'results.json'
+    results.write_text(json.dumps({**_results(sha256_file(weights), top1_correct=38800),
+                                   'model': 'sk_resnet50.pytorchinsight_in1k'}))
+    out = tmp_path / 'repo'
+    assert run_cli(monkeypatch, 'publish', '--model', 'sk_resnet50', '--weights', str(weights), '--repo-id',
+                   'someone/sk_resnet50.pytorchinsight_in1k', '--results', str(results), '--dry-run',
+                   '--output-dir', str(out)) == 0
+    card = (out / 'README.md').read_text()
+    assert 'from the checkpoint `sk_resnet50.pth.tar`' in card and '| 77.538 | 77.600 | +0.062 |' in card
+    config = json.loads((out / 'config.json').read_text())
+    assert config['architecture'] == 'sk_resnet50' and config['pretrained_cfg']['tag'] == 'pytorchinsight_in1k'

@@ -10,11 +10,7 @@ so ``HF_HUB_DISABLE_XET`` makes the client take that path. What makes re-publish
 transfer: ``upload_folder`` (its ``create_commit``) drops the files whose oid from the preupload endpoint equals
 their local oid. The server's test-only switch cuts uploads off mid-transfer, for the dropped-connection case.
 """
-import contextlib
-import dataclasses
-import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, NamedTuple
 
@@ -23,40 +19,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hub_helpers import (
-    BIN_DIR, NAMESPACE, client_env, convert_random_sknet50, free_port, load_through_hub, olah, serve)
+    BIN_DIR, NAMESPACE, TOKEN, WriteHub, client_env, convert_random_sknet50, load_through_hub, olah, write_hub)
 from hub_write_server import DROP_UPLOADS_DIR
 from support import run_cli
 from timm_sknet.io.files import sha256_file
 from timm_sknet.weights.store import read_metadata
 
-SERVER = Path(__file__).parents[1] / 'hub_write_server.py'
-TOKEN = 'hf_loopbackWriteToken4e1f0c'
 REPO = f'{NAMESPACE}/sknet50.upload'
 DROPPED_REPO = f'{NAMESPACE}/sknet50.dropped'
 REPO_FILES = {'model.safetensors', 'config.json', 'README.md'}
-
-
-@dataclasses.dataclass
-class WriteHub:
-    """The running write server: its endpoint, the root of its git repos, and its request log."""
-
-    endpoint: str
-    root: Path
-    log: Path
-
-    def requests(self) -> List[dict]:
-        """Every request the server answered so far, in order: its log's JSON lines."""
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith('{')]
-
-    def git(self, repo_id: str, *args: str) -> str:
-        """git in a repo as the server stores it: what it holds, not what it answered."""
-        return subprocess.run(['git', '-C', str(self.root / 'models' / repo_id), *args], check=True,
-                              capture_output=True, text=True).stdout.strip()
-
-    def file(self, repo_id: str, commit: str, path: str) -> bytes:
-        """The stored bytes of ``path`` at ``commit``."""
-        return subprocess.run(['git', '-C', str(self.root / 'models' / repo_id), 'cat-file', 'blob',
-                               f'{commit}:{path}'], check=True, capture_output=True).stdout
 
 
 class Publish(NamedTuple):
@@ -100,20 +71,9 @@ def weights(tmp_path_factory) -> Path:
     return convert_random_sknet50(tmp_path_factory.mktemp('weights'))
 
 
-@contextlib.contextmanager
-def _write_hub(workdir: Path) -> Iterator[WriteHub]:
-    port = free_port()
-    hub = WriteHub(f'http://127.0.0.1:{port}', workdir / 'root', workdir / 'server.log')
-    with serve('hub_write_server', [sys.executable, str(SERVER), '--root', str(hub.root), '--port', str(port),
-                                    '--token', TOKEN], workdir, hub.log, f'{hub.endpoint}/'):
-        yield hub
-    assert all(r['status'] != 500 for r in hub.requests()), hub.log.read_text()
-    assert TOKEN not in hub.log.read_text()
-
-
 @pytest.fixture(scope='module')
 def hub(tmp_path_factory) -> Iterator[WriteHub]:
-    with _write_hub(tmp_path_factory.mktemp('hub')) as hub:
+    with write_hub(tmp_path_factory.mktemp('hub')) as hub:
         yield hub
 
 
@@ -129,7 +89,7 @@ def dropped_upload(weights, tmp_path_factory) -> Iterator[DroppedUpload]:
     until huggingface_hub gives up. Started before the module's tests: it spends about 25 s waiting between its
     client's retries, which the other tests fill."""
     workdir = tmp_path_factory.mktemp('dropping-hub')
-    with _write_hub(workdir) as hub:
+    with write_hub(workdir) as hub:
         switch = hub.root / DROP_UPLOADS_DIR / DROPPED_REPO
         switch.parent.mkdir(parents=True)
         switch.touch()

@@ -10,7 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import timm_sknet
-from hub_cards.validate import _data_config, _default_sizes
+from hub_cards.validate import validation_protocols
 from timm_sknet.io.files import sha256_file
 
 from support import run_cli
@@ -106,9 +106,13 @@ def test_validate_known_top1_top5(monkeypatch, tmp_path, colour_weights, image_f
     assert results['model'] == 'sknet26'
     assert results['weights']['sha256'] == sha256_file(colour_weights)
     assert results['weights']['size'] == colour_weights.stat().st_size
-    assert results['data'] == {
-        'dir': str(image_folder.resolve()), 'image_count': len(IMAGES), 'num_classes': NUM_CLASSES, 'skipped': []}
+    data = results['data']
+    assert {k: v for k, v in data.items() if k != 'sha256'} == {
+        'dir': str(image_folder.resolve()), 'image_count': len(IMAGES), 'num_classes': 5,
+        'class_map': str(image_folder / 'classes.txt'), 'skipped': []}
+    assert len(data['sha256']) == 64
     assert [e['input_size'] for e in results['evaluations']] == [[3, 224, 224], [3, 320, 320]]
+    assert [e['protocol'] for e in results['evaluations']] == ['224 crop_pct 0.875', '320 crop_pct 0.875']
     for evaluation in results['evaluations']:
         assert evaluation['crop_pct'] == 0.875 and evaluation['crop_mode'] == 'center'
         assert evaluation['image_count'] == len(IMAGES)
@@ -124,15 +128,22 @@ def test_validate_known_top1_top5(monkeypatch, tmp_path, colour_weights, image_f
 
 
 def test_release_preprocessing_defaults():
+    """The authors' weights are measured at 224 and, under both conventions, at 320; other models at their input and
+    test sizes with their pretrained crop."""
     model = timm.create_model('sknet50')
-    assert _default_sizes(model) == [224, 320]
-    for size in (224, 320):
-        config = _data_config(model, size)
-        assert config['input_size'] == (3, size, size)
-        assert config['crop_pct'] == 0.875 and config['crop_mode'] == 'center'
+    protocols = validation_protocols(model)
+    assert [(p.size, p.crop_pct, p.resize) for p in protocols] == [(224, 0.875, 256), (320, 0.875, 365), (320, 1.0, 320)]
+    for protocol in protocols:
+        config = protocol.data_config(model)
+        assert config['input_size'] == (3, protocol.size, protocol.size)
+        assert config['crop_pct'] == protocol.crop_pct and config['crop_mode'] == 'center'
         assert config['interpolation'] == 'bilinear'
         assert np.allclose(np.array(config['mean']) * 255, (123, 117, 104))
         assert np.allclose(np.array(config['std']) * 255, 1)
+    pytorchinsight = validation_protocols(timm.create_model('sk_resnet50'))
+    assert [(p.size, p.crop_pct) for p in pytorchinsight] == [(224, 0.875), (320, 0.875), (320, 1.0)]
+    others = validation_protocols(timm.create_model('sk_resnext50_32x4d'))
+    assert [(p.size, p.crop_pct, p.interpolation) for p in others] == [(224, 0.875, 'bicubic')]
 
 
 @pytest.mark.parametrize(
@@ -171,3 +182,31 @@ def test_validate_refuses_existing_output(monkeypatch, tmp_path, colour_weights,
     assert code != 0
     assert '--force' in capsys.readouterr().err
     assert output.read_text() == '{}'
+
+
+CLASS_MAPS = {  # case -> (the map's lines, what the one line says; {map}: its path, {data}: the folder's)
+    'fewer_classes_than_the_model': (['c0', 'c1'], 'the class map {map} lists 2 classes, the model predicts 10'),
+    'more_classes_than_the_model': ([f'c{i}' for i in range(11)], 'lists 11 classes, the model predicts 10'),
+    'a_duplicated_name': ([f'c{i}' for i in range(10)] + ['c3'], 'class map {map} lists c3 twice (lines 4 and 11)'),
+    'a_folder_not_in_the_map': ([f'c{i}' for i in range(9)] + ['other'],
+                                '1 class folders of {data}/val are not in the class map {map}, e.g. c9'),
+    'an_empty_line': (['c0', 'c1', '', 'c3'], 'line 3 of class map {map} is empty'),
+}
+
+
+@pytest.mark.parametrize('case', CLASS_MAPS)
+def test_a_class_map_must_list_every_class_once_in_order(monkeypatch, tmp_path, colour_weights, image_folder, capsys,
+                                                         case):
+    """A map names every class the model predicts, each once, and every class folder; anything else is one line
+    before any work (no image is decoded), where timm would renumber the classes or leave images out silently."""
+    lines, says = CLASS_MAPS[case]
+    class_map = tmp_path / 'classes.txt'
+    class_map.write_text(''.join(f'{line}\n' for line in lines))
+    output = tmp_path / 'results.json'
+    code = run_cli(monkeypatch, 'validate', '--model', 'sknet26', '--weights', str(colour_weights), '--workers', '0',
+                   '--class-map', str(class_map), '--output', str(output), str(image_folder))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith('timm-sknet: error: ') and err.count('\n') == 1, err  # nothing decoded: no progress line
+    assert says.format(map=class_map, data=image_folder) in err, err
+    assert not output.exists()

@@ -2,6 +2,7 @@
 (the installed ``timm-sknet`` in a subprocess), each refused in one line with nothing written and the data untouched,
 and an unreadable image either stops the run or, when skipped, is named in results that ``publish`` refuses."""
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Dict
@@ -12,7 +13,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from hub_helpers import BIN_DIR
-from hub_cards.validate import DecodedImages, UnreadableImageError, evaluate
+from hub_cards.data import DecodedImages, UnreadableImageError
+from hub_cards.protocols import Protocol
+from hub_cards.validate import evaluate
 from test_validate import IMAGES, NUM_CLASSES, TOP1_CORRECT, TOP5_CORRECT, _colour_classifier, _image
 from timm_sknet.io.errors import UserError
 from timm_sknet.io.files import sha256_file
@@ -41,10 +44,12 @@ def _validate(weights: Path, data: Path, output: Path, *extra: str, model: str =
 
 
 def _assert_refused(proc: subprocess.CompletedProcess, says: str) -> None:
+    """One line saying ``says``, last on stderr; before it at most the progress of the work it stopped."""
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith('timm-sknet: error: ') and proc.stderr.count('\n') == 1, proc.stderr
-    assert 'Traceback' not in proc.stderr
-    assert says in proc.stderr, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[-1].startswith('timm-sknet: error: ') and 'Traceback' not in proc.stderr, proc.stderr
+    assert all(line.startswith('decoding and hashing every image: ') for line in lines[:-1]), proc.stderr
+    assert says in lines[-1], proc.stderr
 
 
 @pytest.fixture(scope='module')
@@ -193,11 +198,35 @@ def test_image_that_stops_decoding_mid_run_raises_instead_of_being_replaced(tmp_
     with pytest.raises(UnreadableImageError, match=f'{bad} does not decode'):
         dataset[1]
     model = _colour_classifier().eval()
-    config = {'input_size': (3, 64, 64), 'interpolation': 'bilinear', 'mean': (0, 0, 0), 'std': (1, 1, 1),
-              'crop_pct': 0.875, 'crop_mode': 'center'}
+    protocol = Protocol(64, 0.875, model.pretrained_cfg['interpolation'])
     for workers in (0, 1):
         with pytest.raises(UserError) as raised:
-            evaluate(model, DecodedImages([(str(good), 0), (str(bad), 1)]), config, batch_size=1, workers=workers)
+            evaluate(model, DecodedImages([(str(good), 0), (str(bad), 1)]), protocol, batch_size=1, workers=workers)
         message = str(raised.value)
         assert '\n' not in message and f'{bad} does not decode (OSError: ' in message
         assert message.endswith('did it change during the run?); nothing was written')
+
+
+def test_image_whose_bytes_change_mid_run_raises_instead_of_being_counted(tmp_path):
+    """An image replaced by another picture that decodes just as well: its sha256 from the check before the run no
+    longer holds, and the dataset says so rather than counting the new picture under the old one's name."""
+    path = tmp_path / 'red.png'
+    _image('red').save(path)
+    dataset = DecodedImages([(str(path), 1)], {str(path): sha256_file(path)})
+    assert dataset[0][1] == 1
+    _image('green').save(path)
+    with pytest.raises(UnreadableImageError, match=f'{path} changed: its bytes are not those checked before the run'):
+        dataset[0]
+
+
+def test_names_that_are_not_utf8_are_written_as_their_bytes(colour_weights, folder_with_a_bad_jpeg, tmp_path):
+    """A skipped image whose name is not UTF-8: the results (JSON that other tools read) show its bytes as \\xNN,
+    never Python's \\udcNN surrogate escape."""
+    odd = folder_with_a_bad_jpeg / 'val' / 'c1' / os.fsdecode(b'cut-\xff.jpg')
+    (folder_with_a_bad_jpeg / 'val' / 'c1' / 'cut.jpg').rename(odd)
+    output = tmp_path / 'results.json'
+    proc = _validate(colour_weights, folder_with_a_bad_jpeg, output, '--skip-unreadable')
+    assert proc.returncode == 0, proc.stderr
+    text = output.read_text(encoding='utf-8')
+    assert '\\udc' not in text
+    assert [s['file'] for s in json.loads(text)['data']['skipped']] == ['val/c1/cut-\\xff.jpg']

@@ -156,7 +156,7 @@ def mean_difference(weights: torch.Tensor, unit: SKUnit) -> torch.Tensor:
 def check_zoom_scale(scale: float) -> None:
     """Raise ValueError unless ``scale`` enlarges the object: a finite number >= 1."""
     if not (math.isfinite(scale) and scale >= 1):
-        raise ValueError(f'{scale} is not a zoom-in factor; give numbers >= 1, e.g. 1.0 1.5 2.0')
+        raise ValueError(f'{scale} is not a zoom-in factor (a finite number >= 1)')
 
 
 def zoom_transform(data_config: Dict[str, Any], scale: float) -> Callable[[Image.Image], torch.Tensor]:

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from .. import model_names
 from ..analysis.attention import SKUnit, capture_selection, check_zoom_scale, mean_difference, sk_units, zoom_transform
 from ..io.errors import UserError
-from ..io.files import check_can_write, check_name, sha256_file, write_error, write_outputs
+from ..io.files import check_can_write, check_name, check_writable, sha256_file, write_error, write_outputs
+from ..io.images import open_rgb
 from ..io.synthetic import synthetic_images
 from ..weights.loading import create_model, create_model_with_weights
 from . import attention_plots
@@ -46,12 +47,12 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.device is None:
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.model.split('.')[0] not in model_names():
-        raise UserError(f"{args.model!r} is not a timm_sknet SK model; use one of: {', '.join(model_names())}")
+        raise UserError(f"'{args.model}' is not a timm_sknet SK model; use one of: {', '.join(model_names())}")
     for scale in args.scales:
         try:
             check_zoom_scale(scale)
         except ValueError as e:
-            raise UserError(f'--scales: {e}') from None
+            raise UserError(f'--scales: {e}; give each scale >= 1, e.g. --scales 1.0,1.5,2.0') from None
     if len(set(args.scales)) != len(args.scales):
         raise UserError(f'--scales lists a scale twice ({args.scales}); give each once')
     for option, minimum in (('synthetic', 0), ('workers', 0), ('channel_group', 1), ('batch_size', 1),
@@ -72,7 +73,7 @@ def _check_args(args: argparse.Namespace) -> None:
     try:
         device = torch.device(args.device)
     except RuntimeError:
-        raise UserError(f'--device {args.device!r} is not a torch device; use e.g. cpu or cuda') from None
+        raise UserError(f"--device '{args.device}' is not a torch device; pass e.g. --device cpu") from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise UserError(f'--device {args.device}: this machine has no CUDA device; use --device cpu')
 
@@ -86,6 +87,8 @@ def _check_outputs(out_dir: Path, names: Sequence[str], force: bool) -> None:
             check_can_write(out_dir / name, force)
     elif not out_dir.parent.is_dir():
         raise UserError(f'the parent of --out {out_dir} does not exist; create it first')
+    else:
+        check_writable(out_dir.parent, out_dir)
 
 
 def _image_sources(args: argparse.Namespace) -> Tuple[List[Union[str, Image.Image]], np.ndarray, List[str]]:
@@ -174,9 +177,8 @@ class _ZoomedViews(torch.utils.data.Dataset):
         else:
             # returned, not raised: an exception in a loader worker would reach the user as a traceback
             try:
-                with Image.open(source) as f:
-                    image = f.convert('RGB')
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                image = open_rgb(source)
+            except Exception as e:  # noqa: BLE001  (PIL's decoders raise OSError, SyntaxError, ValueError and others)
                 return None, f'cannot read image {source} ({e}); remove or replace it'
         return torch.stack([zoom(image) for zoom in self.zooms]), ''
 

@@ -36,7 +36,7 @@ _WRITE_FIXES = {
     errno.EFBIG: 'a file-size limit (ulimit -f) or the file system caps its size; write it elsewhere',
     errno.EACCES: 'choose a folder you can write to',
     errno.EPERM: 'choose a folder you can write to',
-    errno.EROFS: 'that file system is read-only; choose another folder',
+    errno.EROFS: 'choose a folder on a file system mounted read-write',
     errno.ENAMETOOLONG: 'choose a shorter name',
 }
 
@@ -89,31 +89,42 @@ def check_name(path: os.PathLike) -> Path:
 
 
 def check_can_write(path: os.PathLike, force: bool) -> Path:
-    """Refuse to replace an existing output unless forced; return the path."""
+    """Refuse to replace an existing output unless forced, and a folder it cannot be written into (said now, not
+    after a long run); return the path."""
     path = check_name(path)
     if path.exists() and not force:
         raise UserError(f'{path} already exists; pass --force to overwrite it')
     if not path.parent.exists():
         raise UserError(f'output directory {path.parent} does not exist; create it first')
+    if not path.parent.is_dir():
+        raise UserError(f'{path.parent} is not a directory; choose an output path in an existing folder')
+    check_writable(path.parent, path)
     return path
 
 
-def check_output_file(path: os.PathLike, force: bool, *, parent_created_later: bool = False) -> Path:
+def check_writable(folder: Path, target: Path) -> None:
+    """Refuse, before any work, to write ``target`` into ``folder`` (or, while it does not exist, the nearest folder
+    above it, where it will be made) when that cannot be written, naming the cause as the write would: a read-only
+    file system (``EROFS``), missing permission (``EACCES``) or a file in the way (``ENOTDIR``)."""
+    existing = next(p for p in (folder, *folder.absolute().parents) if os.path.lexists(p))
+    if not existing.is_dir():
+        code = errno.ENOTDIR
+    elif os.access(existing, os.W_OK | os.X_OK):
+        return
+    else:  # os.access says no more than False; a read-only mount refuses even root
+        code = errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES
+    raise write_error(target, OSError(code, os.strerror(code)))
+
+
+def check_output_file(path: os.PathLike, force: bool) -> Path:
     """Where an output *file* may be written: ``check_can_write``, and never over a directory or a device,
-    even with ``force``. With ``parent_created_later`` a missing folder is fine: the caller makes it."""
+    even with ``force``."""
     path = check_name(path)
     if path.is_dir():
         raise UserError(f'{path} is a directory; give the path of a file to write (inside it, for example)')
     if path.exists() and not path.is_file():
         raise UserError(f'{path} exists and is not a regular file; choose another output path')
-    if parent_created_later and not path.parent.exists():
-        return path
-    check_can_write(path, force)
-    if not path.parent.is_dir():
-        raise UserError(f'{path.parent} is not a directory; choose an output path in an existing folder')
-    if not os.access(path.parent, os.W_OK | os.X_OK):  # said now, not after a long conversion
-        raise write_error(path, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
-    return path
+    return check_can_write(path, force)
 
 
 def write_error(path: os.PathLike, error: Exception) -> UserError:
@@ -326,16 +337,18 @@ def check_output_directory(path: os.PathLike, force: bool, written_by: str) -> P
     if not path.exists():
         if not path.parent.is_dir():
             raise UserError(f'the parent of {path} does not exist; create it first')
+        check_writable(path.parent, path)
         return path
     names = sorted(name for name in os.listdir(path) if not name.startswith(TEMP_PREFIX))  # a lock, staging
-    if not names:
-        return path
-    manifest = read_manifest(path)
-    if manifest is None or manifest.get('written_by') != written_by:
-        raise UserError(f'{path} holds files {written_by} did not write (e.g. {names[0]}); it writes only into a '
-                        f'new or empty folder, or with --force over its own earlier output: choose another folder')
-    if not force:
-        raise UserError(f'{path} already holds an earlier output of {written_by}; pass --force to replace its files')
+    if names:
+        manifest = read_manifest(path)
+        if manifest is None or manifest.get('written_by') != written_by:
+            raise UserError(f'{path} holds files {written_by} did not write (e.g. {names[0]}); it writes only into a '
+                            f'new or empty folder, or with --force over its own earlier output: choose another folder')
+        if not force:
+            raise UserError(f'{path} already holds an earlier output of {written_by}; pass --force to replace its '
+                            'files')
+    check_writable(path, path)
     return path
 
 

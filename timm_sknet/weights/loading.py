@@ -8,6 +8,7 @@ from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import nn
 
 from ..io.errors import UserError
+from .release import AuthorsWeights, authors_weights
 from .store import read_metadata
 
 
@@ -15,10 +16,18 @@ def architecture(model_name: str) -> str:
     """``sknet50.caffe_in1k`` -> ``sknet50``; refuses names timm does not know."""
     arch, tag = split_model_name_tag(model_name)
     if not timm.is_model(arch):
-        raise UserError(f"unknown model {model_name!r}; see timm.list_models('sk*') for the SKNets")
+        raise UserError(f"unknown model '{model_name}'; see timm.list_models('sk*') for the SKNets")
     if tag and model_name not in timm.list_models(arch, include_tags=True):
-        raise UserError(f'{arch} has no pretrained tag {tag!r}; use one of {timm.list_models(arch, include_tags=True)}')
+        raise UserError(f"{arch} has no pretrained tag '{tag}'; use one of {timm.list_models(arch, include_tags=True)}")
     return arch
+
+
+def authors_weights_of(model_name: str) -> AuthorsWeights:
+    """The authors' weights ``model_name`` stands for: ``sknet50`` means its default tag, ``sknet50.caffe_in1k``;
+    refused in one line when that tag holds no weights of the authors."""
+    arch = architecture(model_name)
+    tag = split_model_name_tag(model_name)[1] or get_pretrained_cfg(arch).tag
+    return authors_weights(f'{arch}.{tag}')
 
 
 def create_model(model_name: str, **model_kwargs) -> nn.Module:

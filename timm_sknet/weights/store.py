@@ -7,24 +7,26 @@ by default ``timm-sknet`` in the user cache directory (``$XDG_CACHE_HOME``, else
 size): the slot folder appears with both files or not at all. ``timm-sknet installed`` lists and re-checks it.
 
 The store knows what it holds: ``installed_problem`` finds a copy that changed since install (size, sha256), is
-damaged (truncated, garbage, not safetensors), does not fit its model (missing, extra or mis-shaped tensors) or
-holds non-finite values; ``pretrained=True`` and ``timm-sknet installed`` both ask it, and ``mend`` says what fixes it.
+damaged (truncated, garbage, not safetensors, a folder or a link to nothing in its place), does not fit its model
+(missing, extra or mis-shaped tensors) or holds non-finite values; ``pretrained=True`` and ``timm-sknet installed`` both ask it, and ``mend`` says what fixes it.
 Nothing here imports torch or timm, so convert-caffe stays light.
 """
 import contextlib
+import hashlib
 import json
 import os
-import shlex
+import re
 import struct
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
-from ..io.errors import UserError
+from ..io.errors import UserError, shell_word
 from ..io.files import (
-    TEMP_PREFIX, check_name, check_output_file, current_umask, file_lock, interrupts_deferred, lock_path,
+    TEMP_PREFIX, check_name, check_writable, current_umask, file_lock, interrupts_deferred, lock_path,
     move_no_replace, replace_folder, sha256_file, staging_folder, write_error)
 from .hub import HUB_WEIGHTS_FILENAME
 from .release import PYTORCHINSIGHT_TAG, RELEASED_MODELS
@@ -34,6 +36,8 @@ INSTALL_RECORD = 'install.json'  # {"sha256", "size" of model.safetensors, "mode
 # safetensors dtypes that can hold a NaN or an infinity, as numpy reads them; bfloat16 by its bits (numpy has none)
 _FLOAT_DTYPES = {'F16': np.float16, 'F32': np.float32, 'F64': np.float64}
 _BF16_EXPONENT = 0x7F80  # all ones: an infinity or a NaN
+_FLOAT_NAMES = {'F64': 'float64', 'F32': 'float32', 'F16': 'float16', 'BF16': 'bfloat16', 'F8_E4M3': 'float8_e4m3fn',
+                'F8_E5M2': 'float8_e5m2'}  # safetensors' floating dtypes, by torch's names
 # Header metadata written by convert-caffe; the VERIFY_KEYS only when it ran with --verify.
 PROVENANCE_KEYS = (
     'source_file', 'source_size', 'source_sha256', 'model_name',
@@ -44,10 +48,22 @@ VERIFY_KEYS = (
 )
 
 
+def check_safetensors_path(path: Path) -> Path:
+    """Refuse a safetensors path that is not UTF-8 (a name the OS accepts): safetensors, and so timm, opens only
+    UTF-8 paths; return the path."""
+    try:
+        os.fsencode(path).decode('utf-8')
+    except UnicodeDecodeError:
+        raise UserError(f'{path} is not a UTF-8 path, and safetensors (so timm) opens only those; rename it, or the '
+                        'folder on its way that is not UTF-8') from None
+    return path
+
+
 def read_metadata(weights: Path) -> Dict[str, str]:
     """The safetensors header metadata (empty when there is none)."""
     if not weights.is_file():
         raise UserError(f'weights file {weights} does not exist; convert the caffemodel with convert-caffe first')
+    check_safetensors_path(weights)
     try:
         with safe_open(str(weights), framework='np') as f:
             return dict(f.metadata() or {})
@@ -70,12 +86,13 @@ def installed_path(model_name_tag: str) -> Path:
 
 
 def install_target(model_name_tag: str, force: bool) -> Path:
-    """Where ``convert-caffe --install`` writes ``model_name_tag``; an installed copy is replaced only when forced.
-    The rules of any output file apply (``io.files.check_output_file``); the caller creates the folder."""
-    target = check_name(installed_path(model_name_tag))
-    if target.is_file() and not force:
-        raise UserError(f'{model_name_tag} is already installed ({target}); pass --force to replace it')
-    return check_output_file(target, force, parent_created_later=True)
+    """Where ``convert-caffe --install`` writes ``model_name_tag``, checked before any work: an installed copy (a
+    damaged one too) is replaced only when forced, and only while its slot holds nothing else (``_check_slot``);
+    the store must be writable. ``install_weights`` makes the folders."""
+    target = check_safetensors_path(check_name(installed_path(model_name_tag)))
+    _check_slot(target.parent, force)
+    check_writable(store_dir(), target)
+    return target
 
 
 @contextlib.contextmanager
@@ -139,15 +156,29 @@ def install_weights(model_name_tag: str, force: bool, installed_by: str) -> Iter
 
 def _check_slot(slot: Path, force: bool) -> None:
     """A slot is replaced only with ``force``, and only while it holds nothing but what an install writes."""
-    if not slot.exists():
+    if not os.path.lexists(slot):
         return
     if not force:
         raise UserError(f'{slot.name} is already installed ({slot / HUB_WEIGHTS_FILENAME}); pass --force to replace '
                         'it')
-    others = sorted(set(os.listdir(slot)) - {HUB_WEIGHTS_FILENAME, INSTALL_RECORD}) if slot.is_dir() else [slot.name]
+    others = _not_installed(slot)
     if others:
         raise UserError(f'{slot} holds files an install did not write (e.g. {others[0]}); --force replaces only '
                         'installed copies: move them out of the store first')
+
+
+def _not_installed(slot: Path) -> List[str]:
+    """What in ``slot`` no install wrote; a folder in the place of an installed file counts by what it holds (an
+    empty one is just damage, which ``--force`` mends)."""
+    if not os.path.lexists(slot):
+        return []
+    if not slot.is_dir() or slot.is_symlink():
+        return [slot.name]
+    others = sorted(set(os.listdir(slot)) - {HUB_WEIGHTS_FILENAME, INSTALL_RECORD})
+    for name in (HUB_WEIGHTS_FILENAME, INSTALL_RECORD):
+        if (slot / name).is_dir() and not (slot / name).is_symlink():
+            others += [f'{name}/{inner}' for inner in sorted(os.listdir(slot / name))]
+    return others
 
 
 class InstalledWeightsError(UserError):
@@ -164,8 +195,10 @@ def read_install_record(model_name_tag: str) -> Optional[Dict]:
     """The copy's install record; None when there is none (installed before records were kept), and an empty dict
     when it cannot be read."""
     path = install_record_path(model_name_tag)
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
+    if not path.is_file():  # a folder or a FIFO in its place: reading it fails, or waits for ever
+        return {}
     try:
         record = json.loads(path.read_text(encoding='utf-8'))
         if isinstance(record['sha256'], str) and isinstance(record['size'], int) and isinstance(record['model'], str):
@@ -183,6 +216,9 @@ def installed_problem(model_name_tag: str, path: Path, expected_shapes: Mapping[
     sha256); else just that change. A copy without a record is checked for all but the change. The whole file is
     read twice (sha256, values): for SKNet-50 about 0.2 s from the page cache.
     """
+    not_a_file = _not_a_regular_file(path)
+    if not_a_file:
+        return f'{path.name} is {not_a_file}, not a safetensors file'
     record = read_install_record(model_name_tag)
     size = path.stat().st_size
     if record == {}:
@@ -201,6 +237,18 @@ def installed_problem(model_name_tag: str, path: Path, expected_shapes: Mapping[
     if problem and change:
         return f'{problem} ({change})'
     return problem or change
+
+
+def _not_a_regular_file(path: Path) -> str:
+    """What ``path`` is when it is not a file to read weights from (empty when it is): reading a folder fails, and
+    reading a FIFO or a device could wait for ever."""
+    if path.is_file():
+        return ''
+    if path.is_dir():
+        return 'a folder'
+    if path.is_symlink() and not path.exists():
+        return f'a symbolic link to {os.readlink(path)}, which does not exist'
+    return 'not a regular file (a FIFO, socket or device)'
 
 
 def _content_problem(path: Path, size: int, expected_shapes: Mapping[str, Sequence[int]], arch: str) -> str:
@@ -247,6 +295,32 @@ def _read_header(path: Path, size: int) -> Tuple[Dict, int, str]:
     return tensors, 8 + header_size, ''
 
 
+def tensor_dtypes(path: Path) -> Counter:
+    """How many tensors of each dtype (safetensors' names: ``F32``, ``F16``, ``BF16``...) the safetensors file
+    ``path`` holds, from its header alone; empty when it has none that can be read."""
+    return Counter(info['dtype'] for info in _read_header(path, path.stat().st_size)[0].values())
+
+
+def precision_note(dtypes: Mapping[str, int], model_dtype: str = 'float32') -> str:
+    """What loading tensors of ``dtypes`` (``tensor_dtypes``) into a model of ``model_dtype`` does to their values,
+    e.g. ``float16 values (all 310 floating tensors), which load upcast to float32``; empty when every floating
+    tensor is of ``model_dtype``. torch's ``load_state_dict`` casts without a word: a smaller type exactly, a
+    larger one rounded."""
+    floating = {_FLOAT_NAMES[dtype]: count for dtype, count in dtypes.items() if dtype in _FLOAT_NAMES}
+    cast = {name: count for name, count in floating.items() if name != model_dtype}
+    if not cast:
+        return ''
+    total = sum(floating.values())
+    held = ' and '.join(f'{name} values ({"all" if count == total else f"{count} of"} {total} floating tensors)'
+                        for name, count in sorted(cast.items()))
+    exact = all(_bits(name) < _bits(model_dtype) for name in cast)
+    return f"{held}, which load {'upcast' if exact else 'rounded'} to {model_dtype}"
+
+
+def _bits(dtype_name: str) -> int:
+    return int(re.search(r'\d+', dtype_name).group())
+
+
 def _fit_problem(tensors: Dict, expected_shapes: Mapping[str, Sequence[int]], arch: str) -> str:
     missing = [k for k in expected_shapes if k not in tensors]
     extra = [k for k in tensors if k not in expected_shapes]
@@ -279,6 +353,21 @@ def _non_finite_tensors(path: Path, tensors: Dict, data_offset: int) -> List[str
     return found
 
 
+def tensors_digest(path: Path) -> Optional[str]:
+    """sha256 of the weights a safetensors file holds, its header metadata (provenance, verify figures) left out: the
+    tensors' names, dtypes, shapes, places and bytes. Two conversions of one file that recorded other provenance have
+    the same digest; None when the file is not readable safetensors."""
+    tensors, data_offset, problem = _read_header(path, path.stat().st_size)
+    if problem:
+        return None
+    digest = hashlib.sha256(json.dumps(tensors, sort_keys=True).encode())
+    with open(path, 'rb') as f:
+        f.seek(data_offset)
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def reinstall_command(model_name_tag: str, metadata: Mapping[str, str]) -> Optional[str]:
     """The converter command that installs ``model_name_tag`` again, over what is there: convert-caffe for the Caffe
     release's tags, convert-pytorchinsight for the authors' PyTorch ones; None for any other."""
@@ -291,18 +380,29 @@ def reinstall_command(model_name_tag: str, metadata: Mapping[str, str]) -> Optio
     else:
         return None
     converted_for = metadata.get('model_name', '').partition('.')[0]
-    source = shlex.quote(metadata['source_file'] if converted_for == arch and 'source_file' in metadata
-                         else default_source)
-    return f'{converter} {source} --model {arch} --install --force'
+    source = (_recorded_name(metadata['source_file']) if converted_for == arch and 'source_file' in metadata
+              else default_source)
+    return f'{converter} {shell_word(source)} --model {arch} --install --force'
+
+
+def _recorded_name(recorded: str) -> str:
+    """The file name ``files.printable_name`` recorded: its ``\\xNN`` escapes (only ever of bytes >= 0x80, which are
+    not UTF-8) back to those bytes, so that a command naming the file finds it."""
+    name = re.sub(rb'\\x([89a-f][0-9a-f])', lambda m: bytes([int(m.group(1), 16)]), recorded.encode('utf-8'))
+    return os.fsdecode(name)
 
 
 def mend(model_name_tag: str, metadata: Mapping[str, str]) -> str:
-    """What makes the slot of ``model_name_tag`` good again: re-installing, or deleting it."""
-    delete = f'rm -r {shlex.quote(str(store_dir() / model_name_tag))}'
+    """What makes the slot of ``model_name_tag`` good again: re-installing (once what no install wrote is moved out
+    of it, which ``--force`` never replaces), or deleting it."""
+    slot = store_dir() / model_name_tag
+    delete = f'rm -r {shell_word(str(slot))}'
     command = reinstall_command(model_name_tag, metadata)
     if command is None:
         return f'delete it ({delete}) or save good weights there'
-    return f're-install it: {command} (or delete it: {delete})'
+    others = _not_installed(slot)
+    first = f'move what no install wrote out of {slot} (e.g. {others[0]}), then ' if others else ''
+    return f'{first}re-install it: {command} (or delete it: {delete})'
 
 
 def refuse_installed(model_name_tag: str, path: Path, problem: str) -> InstalledWeightsError:
@@ -329,7 +429,8 @@ def installed_weights(model_shapes: Callable[[str], Optional[Mapping[str, Sequen
     (``model_shapes(arch)``: the tensors of a model, None for a name no model has), sorted by name."""
     root = store_dir()
     found = []
-    for path in sorted(root.glob(f'*/{HUB_WEIGHTS_FILENAME}')) if root.is_dir() else ():
+    slots = sorted(root.iterdir()) if root.is_dir() else ()
+    for path in (slot / HUB_WEIGHTS_FILENAME for slot in slots if os.path.lexists(slot / HUB_WEIGHTS_FILENAME)):
         if path.parent.name.startswith(TEMP_PREFIX):  # an install being written, or a replaced copy going
             continue
         name = path.parent.name
@@ -348,7 +449,8 @@ def describe(weights: InstalledWeights) -> str:
     """The store listing's lines for one installed copy: its file, what is wrong with it and the mend (or that it
     was checked), then its provenance (with the epoch and accuracy a training checkpoint records) and, for the Caffe
     release, the verify figures."""
-    lines = [f'{weights.name}  {weights.path}  ({weights.path.stat().st_size:,} bytes)']
+    size = f'{weights.path.stat().st_size:,} bytes' if weights.path.is_file() else 'not a file'
+    lines = [f'{weights.name}  {weights.path}  ({size})']
     if weights.problem:
         lines.append(f'  NEEDS MENDING: {weights.problem}; {mend(weights.name, weights.metadata)}')
     elif weights.recorded:
@@ -357,6 +459,9 @@ def describe(weights: InstalledWeights) -> str:
         command = reinstall_command(weights.name, weights.metadata)
         lines.append('  checked: fits its model, every value finite; installed without a record (older install), so a '
                      'change since cannot be seen' + (f'; re-install with --force: {command}' if command else ''))
+    cast = '' if weights.problem else precision_note(tensor_dtypes(weights.path))
+    if cast:
+        lines.append(f'  holds {cast} (the dtype timm builds the model in)')
     meta = weights.metadata
     if weights.error:  # the problem above says why its header cannot be read
         return '\n'.join(lines)

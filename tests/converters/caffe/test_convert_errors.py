@@ -1,12 +1,17 @@
 """Bad input to convert-caffe: one line naming the problem, a non-zero exit, no traceback, nothing written."""
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import timm_sknet  # noqa: F401  (registers the models)
 from converters.caffe.proto import NetParameter, array_blob, net_to_text, read_caffemodel, read_prototxt
 from converters.caffe.cli import main as convert_main
+
+CONVERT_CAFFE = Path(sys.executable).parent / 'convert-caffe'
 
 
 def convert_args(caffemodel, out_dir, model='sknet50'):
@@ -113,12 +118,38 @@ def test_image_without_verify(sknet50_caffemodel, out_dir, refused):
     assert err.endswith('--image only has an effect with --verify')
 
 
-def test_unreadable_verify_image(sknet50_caffemodel, tmp_path, out_dir, refused):
-    not_an_image = tmp_path / 'notes.txt'
-    not_an_image.write_text('not an image')
-    err = refused(*convert_args(sknet50_caffemodel, out_dir), '--verify',
-                  '--image', not_an_image)
-    assert err.endswith(f'--image {not_an_image} is missing or not an image OpenCV can read')
+def _truncated_jpeg(path: Path) -> None:
+    """Half of a JPEG: OpenCV's reader gives the top rows and grey below them, with only libjpeg's warning."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(path.with_suffix(
+        '.png'))
+    with Image.open(path.with_suffix('.png')) as image:
+        image.save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def _not_an_image(path: Path) -> None:
+    path.write_text('not an image')
+
+
+@pytest.mark.parametrize('make, says', [
+    (lambda path: None, 'does not exist'),
+    (Path.mkdir, 'is a directory; give the --image file itself'),
+    (Path.touch, 'is empty'),
+    (_not_an_image, 'is not an image file PIL can read; pass a JPEG, PNG or other image'),
+    (_truncated_jpeg, 'does not decode completely (OSError: image file is truncated'),
+])
+def test_verify_image_that_does_not_decode_whole_is_refused_before_any_work(sknet50_caffemodel, tmp_path, out_dir,
+                                                                            make, says):
+    """As validate refuses it, and before the caffemodel is read: nothing is converted, no OpenCV warning."""
+    image = tmp_path / 'image.jpg'
+    make(image)
+    proc = subprocess.run([str(CONVERT_CAFFE), *map(str, convert_args(sknet50_caffemodel, out_dir)), '--verify',
+                           '--image', str(image)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stdout == ''  # the conversion's own line never came
+    assert proc.stderr.startswith(f'convert-caffe: error: --image {image} {says}') and proc.stderr.count('\n') == 1
+    assert list(out_dir.iterdir()) == []
 
 
 def test_verify_without_opencv_names_the_extra(sknet50_caffemodel, out_dir, monkeypatch, refused):

@@ -115,3 +115,18 @@ def test_a_folder_without_write_permission(sknet50_caffemodel, tmp_path, convert
     assert code == 2 and err == (f'convert-caffe: error: could not write {output}: Permission denied; choose a '
                                  'folder you can write to (nothing was written)\n')
     assert sorted(os.listdir(folder)) == before
+
+
+def test_one_caffemodel_converts_to_the_same_bytes_every_time(sknet50_caffemodel, out_dir):
+    """Two conversions in two processes give one file: safetensors writes its metadata in hash-map order, which the
+    converter puts back in key order. A resumed release can then tell unchanged weights from new ones."""
+    outputs = [out_dir / f'{run}.safetensors' for run in ('first', 'second')]
+    for output in outputs:
+        subprocess.run([str(CONVERT_CAFFE), *_args(sknet50_caffemodel, output)], check=True, capture_output=True,
+                       timeout=300)
+    first, second = (output.read_bytes() for output in outputs)
+    assert first == second
+    header = first[8:8 + int.from_bytes(first[:8], 'little')].decode()
+    metadata = header[header.index('"__metadata__":{') + 16:header.index('}')]
+    keys = [item.split('":"')[0].strip('"') for item in metadata.split('","')]
+    assert keys == sorted(keys) and 'source_sha256' in keys

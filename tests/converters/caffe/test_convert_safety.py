@@ -213,17 +213,42 @@ def test_a_caffemodel_name_past_the_limit(tmp_path, out_dir, refused):
 
 
 def test_names_that_are_not_utf8(sknet50_caffemodel, reference, out_dir):
-    """Names are bytes on Linux: a caffemodel and an output named in Latin-1 convert like any other; the output
-    records the caffemodel's name with the byte escaped (safetensors headers are UTF-8), and messages show it so."""
+    """Names are bytes on Linux: a caffemodel named in Latin-1 converts like any other; the output records its name
+    with the byte escaped (safetensors headers are UTF-8), and messages show it so. An output named so is refused
+    before any work: safetensors, and so timm, cannot open a path that is not UTF-8."""
     caffemodel = os.path.join(os.fsencode(out_dir.parent), b'SKNet-50-caf\xe9.caffemodel')
     os.link(sknet50_caffemodel, caffemodel)
-    output = os.path.join(os.fsencode(out_dir), b'sknet50-caf\xe9.safetensors')
+    output = os.path.join(os.fsencode(out_dir), b'sknet50-caf\xc3\xa9.safetensors')  # UTF-8
     proc = subprocess.run([os.fsencode(CONVERT_CAFFE), caffemodel, b'--model', b'sknet50', b'--output', output],
                           capture_output=True)
     assert proc.returncode == 0, proc.stderr
-    assert os.listdir(os.fsencode(out_dir)) == [b'sknet50-caf\xe9.safetensors']
-    assert b'sknet50-caf\\xe9.safetensors' in proc.stdout
+    assert os.listdir(os.fsencode(out_dir)) == [b'sknet50-caf\xc3\xa9.safetensors']
+    assert b'SKNet-50-caf\\xe9.caffemodel: 102 weighted layers' in proc.stdout
     assert _source_file(Path(os.fsdecode(output))) == 'SKNet-50-caf\\xe9.caffemodel'
+
+    latin1_output = os.path.join(os.fsencode(out_dir), b'sknet50-caf\xe9.safetensors')
+    proc = subprocess.run([os.fsencode(CONVERT_CAFFE), caffemodel, b'--model', b'sknet50', b'--output', latin1_output],
+                          capture_output=True)
+    assert proc.returncode == 2 and proc.stdout == b''
+    assert proc.stderr == (b'convert-caffe: error: ' + latin1_output.replace(b'\xe9', b'\\xe9') + b' is not a UTF-8 '
+                           b'path, and safetensors (so timm) opens only those; rename it, or the folder on its way '
+                           b'that is not UTF-8\n')
+    assert os.listdir(os.fsencode(out_dir)) == [b'sknet50-caf\xc3\xa9.safetensors']
+
+
+def test_messages_show_the_bytes_of_names_that_are_not_utf8(tmp_path):
+    """Every way a name reaches a message shows its bytes as \\xNN (the README's promise), never Python's \\udcNN:
+    a command's one line, the text of a UserError wherever it is shown (str(), a traceback), a printed line."""
+    missing = os.path.join(os.fsencode(tmp_path), b'caf\xe9.caffemodel')
+    proc = subprocess.run([os.fsencode(CONVERT_CAFFE), missing, b'--model', b'sknet50', b'--output', b'x.safetensors'],
+                          capture_output=True)
+    shown = missing.replace(b'\xe9', b'\\xe9')
+    assert proc.stderr == b'convert-caffe: error: caffemodel ' + shown + b' does not exist\n'
+    traceback = subprocess.run(
+        [os.fsencode(sys.executable), b'-c', b'import sys; from timm_sknet.io.errors import UserError; '
+         b'raise UserError(f"cannot read {sys.argv[1]}")', b'caf\xe9'], capture_output=True)
+    assert traceback.stderr.splitlines()[-1] == b'timm_sknet.io.errors.UserError: cannot read caf\\xe9'
+    assert b'udc' not in proc.stderr + traceback.stderr
 
 
 # -- a full disk, and --force ---------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def test_help_is_fast_plain_and_torch_free(command):
 
 def test_every_command_is_listed_and_every_option_explained():
     commands = {ep.name: ep.load() for ep in entry_points(group=COMMAND_GROUP)}
-    assert sorted(commands) == ['attention', 'installed', 'publish', 'validate'] == command_names()
+    assert sorted(commands) == ['attention', 'installed', 'publish', 'release', 'validate'] == command_names()
     for name, command in commands.items():
         parser = argparse.ArgumentParser(prog=f'timm-sknet {name}')
         command.configure_parser(parser)

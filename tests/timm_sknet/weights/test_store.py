@@ -5,10 +5,12 @@ Every load runs in a subprocess whose store (``TIMM_SKNET_HOME``) and Hub (``HF_
 closed loopback port as the Hub, with ``HF_HUB_OFFLINE`` where the Hub must not even be tried.
 """
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Tuple
 
 import pytest
 import torch
@@ -258,3 +260,109 @@ def test_damaged_install_is_marked_refused_and_mended_by_the_command_given(caffe
     assert listing.returncode == 0 and 'NEEDS MENDING' not in listing.stdout
     out, _ = load_pretrained(env, installed, tmp_path, registry='sknet50')
     assert out['registry_same_weights'].item()
+
+
+def _as_printed(command: str, cwd: Path, env: Dict[str, str]) -> subprocess.CompletedProcess:
+    """A command a message printed, pasted into bash (the console scripts on PATH, as in an activated venv)."""
+    return subprocess.run(['bash', '-c', command], cwd=cwd, env=dict(env, PATH=f"{BIN_DIR}:{env['PATH']}"),
+                          capture_output=True, timeout=300)
+
+
+def _mends(listing: str) -> Tuple[str, str]:
+    """(the re-install command, the delete command) the listing's NEEDS MENDING line gives."""
+    found = re.search(r're-install it: (.*) \(or delete it: (.*)\)$', listing.splitlines()[2])
+    return found.group(1), found.group(2)
+
+
+def test_a_folder_in_place_of_the_weights_is_named_and_mended_as_printed(caffemodel, tmp_path):
+    """``model.safetensors`` a folder: marked and refused (not "no weights" and a wait for the Hub) with the mend;
+    an empty one goes with ``--install --force``, one holding files is never deleted by it."""
+    store = tmp_path / 'store'
+    env = _offline_env(tmp_path, store)
+    installed = store / NAME / 'model.safetensors'
+    assert _convert_caffe(env, str(caffemodel), '--model', 'sknet50', '--install').returncode == 0
+    installed.unlink()
+    installed.mkdir()
+    # the header that named the caffemodel is gone with the file: the mend names the release's own file
+    mend = 'convert-caffe SKNet-50.caffemodel --model sknet50 --install --force'
+    downloads = tmp_path / 'downloads'
+    downloads.mkdir()
+    os.link(caffemodel, downloads / 'SKNet-50.caffemodel')
+
+    listing = subprocess.run([str(BIN_DIR / 'timm-sknet'), 'installed'], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert listing.returncode == 1 and listing.stderr == ''
+    assert listing.stdout.splitlines()[1:3] == [
+        f'{NAME}  {installed}  (not a file)',
+        f'  NEEDS MENDING: model.safetensors is a folder, not a safetensors file; re-install it: {mend} (or delete '
+        f'it: rm -r {store / NAME})']
+    load = subprocess.run([sys.executable, '-c', FAIL_SCRIPT, 'sknet50'], env=env, capture_output=True, text=True,
+                          timeout=300)
+    failure = _failures(load.stdout)['sknet50']
+    assert failure.types[:2] == ['InstalledWeightsError', 'UserError']
+    assert failure.message == (f'the installed copy {installed} of {NAME} cannot be loaded: model.safetensors is a '
+                               f'folder, not a safetensors file; re-install it: {mend} (or delete it: rm -r '
+                               f'{store / NAME})')
+
+    (installed / 'notes.txt').write_text('mine')  # a folder holding a file: --force must not delete it
+    listing = subprocess.run([str(BIN_DIR / 'timm-sknet'), 'installed'], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert listing.stdout.splitlines()[2] == (
+        f'  NEEDS MENDING: model.safetensors is a folder, not a safetensors file; move what no install wrote out of '
+        f'{store / NAME} (e.g. model.safetensors/notes.txt), then re-install it: {mend} (or delete it: rm -r '
+        f'{store / NAME})')
+    refused = _as_printed(_mends(listing.stdout)[0], downloads, env)
+    assert refused.returncode == 2 and b'(e.g. model.safetensors/notes.txt)' in refused.stderr
+    assert (installed / 'notes.txt').read_text() == 'mine'
+    (installed / 'notes.txt').rename(tmp_path / 'notes.txt')  # moved out, as the listing says
+
+    reinstall, delete = _mends(subprocess.run([str(BIN_DIR / 'timm-sknet'), 'installed'], env=env,
+                                              capture_output=True, text=True, timeout=300).stdout)
+    mended = _as_printed(reinstall, downloads, env)
+    assert mended.returncode == 0, mended.stderr
+    assert load_file(str(installed)).keys() == load_file(str(caffemodel.parent / 'sknet50.safetensors')).keys()
+    listing = subprocess.run([str(BIN_DIR / 'timm-sknet'), 'installed'], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert listing.returncode == 0 and 'NEEDS MENDING' not in listing.stdout
+
+    installed.unlink()
+    installed.mkdir()
+    assert _as_printed(delete, tmp_path, env).returncode == 0
+    assert not (store / NAME).exists()
+
+
+def test_mends_naming_files_that_are_not_utf8_work_as_printed(caffemodel, tmp_path):
+    """A caffemodel whose name is Latin-1 bytes, a store whose name a shell must quote: the printed commands quote
+    them so that bash gives the same bytes back. A store that is not UTF-8 is refused: safetensors cannot open it."""
+    folder = os.path.join(os.fsencode(tmp_path), b'caf\xe9')
+    os.mkdir(folder)
+    source = os.path.join(folder, b'SKNet-50-caf\xe9.caffemodel')
+    os.link(caffemodel, source)
+    latin1_store = os.path.join(os.fsencode(tmp_path), b'st\xf6re')
+    refused = subprocess.run([BIN_DIR / 'convert-caffe', source, '--model', 'sknet50', '--install'],
+                             env=dict(_offline_env(tmp_path, tmp_path), TIMM_SKNET_HOME=latin1_store),
+                             capture_output=True, timeout=300)
+    assert refused.returncode == 2 and b'is not a UTF-8 path, and safetensors (so timm) opens' in refused.stderr
+    assert not os.path.exists(latin1_store)
+    store = tmp_path / "the user's store"
+    env = _offline_env(tmp_path, store)
+    installed = store / NAME / 'model.safetensors'
+    assert subprocess.run([BIN_DIR / 'convert-caffe', source, '--model', 'sknet50', '--install'], env=env,
+                          capture_output=True, timeout=300).returncode == 0
+    good = {k: v.clone() for k, v in load_file(str(installed)).items()}, read_metadata(installed)
+    data = bytearray(installed.read_bytes())
+    data[-3] ^= 0x40  # changed since install; its header, naming the caffemodel, still reads
+    installed.write_bytes(bytes(data))
+
+    listing = subprocess.run([BIN_DIR / 'timm-sknet', 'installed'], env=env, capture_output=True, timeout=300)
+    assert listing.returncode == 1
+    text = listing.stdout.decode('ascii')  # every byte that is not UTF-8 escaped, every command quoted for bash
+    assert "convert-caffe $'SKNet-50-caf\\xe9.caffemodel' --model sknet50 --install --force" in text
+    reinstall, delete = _mends(text)
+    mended = _as_printed(reinstall, Path(os.fsdecode(folder)), env)
+    assert mended.returncode == 0, mended.stderr
+    tensors, metadata = load_file(str(installed)), read_metadata(installed)
+    assert metadata == good[1] and metadata['source_file'] == 'SKNet-50-caf\\xe9.caffemodel'
+    assert tensors.keys() == good[0].keys() and all(torch.equal(good[0][k], v) for k, v in tensors.items())
+    assert _as_printed(delete, tmp_path, env).returncode == 0
+    assert not (store / NAME).exists()

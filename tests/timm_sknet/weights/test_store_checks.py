@@ -105,6 +105,16 @@ def _nan_without_record(slot: Path) -> None:  # installed before records were ke
     (slot / 'install.json').unlink()
 
 
+def _folder(slot: Path) -> None:  # e.g. a download tool given model.safetensors as its folder
+    (slot / 'model.safetensors').unlink()
+    (slot / 'model.safetensors').mkdir()
+
+
+def _dangling_link(slot: Path) -> None:  # the file it pointed to moved or was deleted
+    (slot / 'model.safetensors').unlink()
+    (slot / 'model.safetensors').symlink_to(slot.parent / 'moved.safetensors')
+
+
 DAMAGE: Dict[str, tuple] = {
     'truncated': (_truncated, 'truncated: its tensors need '),
     'garbage': (_garbage, 'not a safetensors file (garbage): its first 8 bytes are no safetensors header length'),
@@ -116,6 +126,9 @@ DAMAGE: Dict[str, tuple] = {
     'changed': (_changed, 'changed since install: sha256 '),
     'nan': (_nan, '1 tensors hold NaN or infinite values (first: head.fc.bias)'),
     'nan_without_record': (_nan_without_record, '1 tensors hold NaN or infinite values (first: head.fc.bias)'),
+    'folder': (_folder, 'model.safetensors is a folder, not a safetensors file'),
+    'dangling_link': (_dangling_link, 'model.safetensors is a symbolic link to {store}/moved.safetensors, which does '
+                                      'not exist, not a safetensors file'),
 }
 CHANGE_SHOWN = {'truncated': 'bytes, ', 'garbage': '(changed since install: sha256 '}  # the record's view too
 
@@ -134,6 +147,7 @@ def _damaged_store(tmp_path: Path, damage: Callable[[Path], None]) -> Path:
 def test_damaged_copy_is_marked_and_refused_in_one_exception(tmp_path, case):
     damage, says = DAMAGE[case]
     store = _damaged_store(tmp_path, damage)
+    says = says.format(store=store)
     weights = store / NAME / 'model.safetensors'
     before = _snapshot(store)
     mend = f'delete it (rm -r {store / NAME}) or save good weights there'
@@ -157,6 +171,7 @@ def test_damaged_copy_is_marked_and_refused_in_one_exception(tmp_path, case):
     assert message.startswith(f'the installed copy {weights} of {NAME} cannot be loaded: ')
     assert says in message and message.endswith(f'; {mend}')
     assert 'Traceback' not in load.stderr
+    assert failure['seconds'] < 60  # the store's word, not a wait for the Hub (offline here: it would say "no weights")
     assert _snapshot(store) == before
 
 
@@ -198,3 +213,53 @@ def test_weights_with_nan_are_refused_where_they_enter(tmp_path):
         f'{weights} holds NaN or infinite values in 1 tensors (first: layer2.0.conv2.attn.fc_select.weight), which '
         'would make every prediction NaN; convert the caffemodel again (convert-caffe refuses non-finite blobs)')
     assert sha256_file(weights) == before
+
+
+_LOAD_AND_LOG = """
+import json, logging, sys
+import timm, torch
+logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
+model = timm.create_model(sys.argv[1], pretrained=True)
+print(json.dumps({k: [str(v.dtype), v.double().sum().item()] for k, v in model.state_dict().items()
+                  if v.is_floating_point()}))
+"""
+
+
+@pytest.mark.parametrize('dtype, how', [(torch.float16, 'upcast'), (torch.bfloat16, 'upcast'),
+                                        (torch.float64, 'rounded')])
+@pytest.mark.parametrize('recorded', [True, False], ids=['with record', 'without record'])
+def test_a_copy_of_another_dtype_loads_with_one_line_saying_so(tmp_path, dtype, how, recorded):
+    """torch casts a state dict to the model's float32 without a word: the store says what it loaded."""
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in _state().items()}
+    floating = sum(v.is_floating_point() for v in state.values())
+    store = _damaged_store(tmp_path, lambda slot: None)
+    save_file(state, str(store / NAME / 'model.safetensors'))
+    if recorded:
+        _record(store / NAME)
+    else:
+        (store / NAME / 'install.json').unlink()
+    weights = store / NAME / 'model.safetensors'
+    note = (f'{str(dtype).removeprefix("torch.")} values (all {floating} floating tensors), which load {how} to '
+            'float32')
+
+    load = subprocess.run([sys.executable, '-c', _LOAD_AND_LOG, NAME], env=_env(tmp_path, store),
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert load.returncode == 0, load.stderr
+    said = [line for line in load.stderr.splitlines() if 'float' in line]
+    assert said == [f'WARNING {NAME}: the installed copy {weights} holds {note}']
+    loaded = json.loads(load.stdout)
+    assert {dtype_name for dtype_name, _ in loaded.values()} == {'torch.float32'}
+    assert all(loaded[k][1] == pytest.approx(v.double().sum().item(), rel=1e-6, abs=1e-6)
+               for k, v in state.items() if v.is_floating_point())  # the file's values, cast
+
+    listing = subprocess.run([str(BIN_DIR / 'timm-sknet'), 'installed'], env=_env(tmp_path, store),
+                             capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert listing.returncode == 0, listing.stderr
+    assert f'  holds {note} (the dtype timm builds the model in)' in listing.stdout.splitlines()
+
+
+def test_a_float32_copy_loads_without_a_word(tmp_path):
+    store = _damaged_store(tmp_path, lambda slot: None)
+    load = subprocess.run([sys.executable, '-c', _LOAD_AND_LOG, NAME], env=_env(tmp_path, store),
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert load.returncode == 0 and 'WARNING' not in load.stderr, load.stderr
