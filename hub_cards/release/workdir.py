@@ -5,8 +5,10 @@ stopped it.
 A step is skipped when its record holds exactly the inputs it has now and its outputs are still there, unchanged;
 otherwise it runs, and since a later step's inputs include an earlier step's outputs, everything after a changed
 step runs again. Records are written whole (``atomic_output``) and only once the step's outputs are in place, so a
-record never speaks of an output that is not there. One release at a time holds the folder (a ``filelock`` taken
-without waiting); a folder that holds anything but a release's files is never written into.
+record never speaks of an output that is not there. One release at a time holds the folder (a lock taken without
+waiting, removed when the release ends); what a killed release left half-written there is removed when the next one
+takes the folder (``io.locks.remove_leftovers``); a folder that holds anything but a release's files is never
+written into.
 """
 import contextlib
 import json
@@ -17,6 +19,7 @@ from typing import Any, Dict, Iterator, Optional
 
 from timm_sknet.io.errors import UserError
 from timm_sknet.io.files import TEMP_PREFIX, atomic_output, check_name, write_error
+from timm_sknet.io.locks import file_lock, remove_leftovers
 
 __all__ = ['RECORD_FORMAT', 'WorkFolder', 'work_folder']
 
@@ -70,8 +73,6 @@ def _as_json(value: Any) -> Any:
 @contextlib.contextmanager
 def work_folder(path: Path) -> Iterator[WorkFolder]:
     """The work folder at ``path``, created if new, held for this process alone until the block ends."""
-    from filelock import FileLock, Timeout  # only the release imports it here
-
     path = check_name(path)
     if path.exists() and not path.is_dir():
         raise UserError(f'--workdir {path} exists and is not a folder; choose a folder')
@@ -84,18 +85,16 @@ def work_folder(path: Path) -> Iterator[WorkFolder]:
             pass  # another release made it meanwhile: the lock below decides
         except OSError as e:
             raise write_error(path, e) from None
-    lock = FileLock(path / LOCK, timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise UserError(f'another timm-sknet release is running in {path}; let it finish, or give this one another '
-                        '--workdir') from None
-    except OSError as e:
-        raise write_error(path / LOCK, e) from None
-    try:
-        yield WorkFolder(path, _release_id(path))
-    finally:
-        lock.release()
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(file_lock(path / LOCK, f'the release work folder {path} (another timm-sknet release)',
+                                         wait_s=0))
+            work = WorkFolder(path, _release_id(path))
+            for folder in (work.path, work.steps):
+                remove_leftovers(folder)
+        except OSError as e:
+            raise write_error(path / LOCK, e) from None
+        yield work
 
 
 def _release_id(path: Path) -> str:

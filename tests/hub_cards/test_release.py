@@ -277,3 +277,21 @@ def test_the_same_weights_with_other_provenance_are_neither_replaced_nor_refused
     (commit,) = commits(released.requests)
     assert hub.file(f'{NAMESPACE}/sknet50.earlier', commit['commit'], 'model.safetensors') == \
         (tmp_path / 'work' / 'model.safetensors').read_bytes()
+
+
+def test_two_releases_in_one_work_folder_one_runs_the_other_is_refused_at_once(releaser, hub, tmp_path):
+    workdir = tmp_path / 'work'
+    with subprocess.Popen(releaser.command('sknet50.twice', workdir), env=releaser.env, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True) as first:
+        try:
+            for line in first.stdout:
+                if line.startswith('[1/5] convert: started'):
+                    break
+            start = time.monotonic()
+            second = releaser.run('sknet50.twice', workdir)
+            assert time.monotonic() - start < 30  # refused, not queued
+            _one_line(second, f'another process has been writing the release work folder {workdir} (another '
+                              f'timm-sknet release) (it holds {workdir / ".release.lock"}); let it finish and run this '
+                              'again')
+        finally:
+            first.kill()

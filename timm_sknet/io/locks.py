@@ -143,13 +143,13 @@ def claim_temporary(parent: Path) -> Temporary:
         _OWNED.discard(temporary)
 
 
-def file_lock(path: Path, what: str):
-    """An exclusive lock on the file ``path`` (created if absent, removed on release), waited for up to
-    ``LOCK_TIMEOUT_S``; a holder that keeps it longer is refused in one line naming ``what`` it guards. An
-    ``OSError`` (the folder is read-only, say) is the caller's to word."""
+def file_lock(path: Path, what: str, wait_s: float = LOCK_TIMEOUT_S):
+    """An exclusive lock on the file ``path`` (created if absent, removed on release), waited for up to ``wait_s``;
+    a holder that keeps it longer is refused in one line naming ``what`` it guards. An ``OSError`` (the folder is
+    read-only, say) is the caller's to word."""
     @contextlib.contextmanager
     def held() -> Iterator[None]:
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        deadline = time.monotonic() + wait_s
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
             taken = _lock_now(fd, fcntl.LOCK_EX)
@@ -157,8 +157,9 @@ def file_lock(path: Path, what: str):
                 break
             os.close(fd)
             if time.monotonic() > deadline:
-                raise UserError(f'another process has been writing {what} for over {LOCK_TIMEOUT_S:.0f} s (it holds '
-                                f'{path}); let it finish and run this again')
+                held_for = f' for over {wait_s:.0f} s' if wait_s else ''
+                raise UserError(f'another process has been writing {what}{held_for} (it holds {path}); let it finish '
+                                'and run this again')
             if taken is False:
                 time.sleep(_POLL_S)
         try:
