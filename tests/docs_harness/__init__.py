@@ -15,9 +15,10 @@ add a stand-in file or a server, is in docs/contributing.md ("How the docs are t
   per session by the real command from the stand-in: ``context.py``),
   ``hub write`` / ``hub read`` point the Hub at the loopback servers (``context.py``), ``validation-set IMAGES
   CLASSES`` makes the page's ``timm-sknet`` expect that many validation images where a card's number otherwise
-  needs all of ImageNet-1k val (``tests/validation_set_seam.py``: the command itself is untouched), ``env NAME=VALUE...`` sets
-  variables for the commands that follow, ``single-command`` makes the next ``console`` block one command whose
-  output holds ``$ `` lines of its own (``make demo`` prints the commands it runs), ``timm-scripts`` links timm's
+  needs all of ImageNet-1k val (``tests/validation_set_seam.py``: the command itself is untouched),
+  ``env NAME=VALUE...`` sets variables for the commands that follow, ``killed COMMAND...`` runs an install and
+  kills it (SIGKILL) half-way through its write, ``single-command`` makes the next ``console`` block one command
+  whose output holds ``$ `` lines of its own (``make demo`` prints the commands it runs), ``timm-scripts`` links timm's
   ``train.py``, ``validate.py``, ... into the working directory when ``TIMM_SCRIPTS`` names a checkout of timm's
   repository (they are not in its PyPI release; the examples that need them are skipped otherwise).
 - ``<!-- skip: next "why" -->`` (Sybil's own) leaves the next example out, with the reason; the reasons are listed
@@ -33,6 +34,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -44,7 +46,7 @@ from sybil.parsers.markdown.lexers import DirectiveInHTMLCommentLexer
 from validation_set_seam import SHRUNK_TIMM_SKNET
 
 from .context import TIMM_SCRIPTS
-from .sessions import PythonSession, ShellSession, split_transcript
+from .sessions import COMMAND_TIMEOUT_S, PythonSession, ShellSession, split_transcript
 from .standins import link_into
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,9 +222,30 @@ def evaluate_directive(example: Example) -> Optional[str]:
                        f'{classes} "$@"; }}')
     elif action == 'env':
         page.set_env(**dict(arg.split('=', 1) for arg in args))
+    elif action == 'killed':
+        _kill_while_installing(page, args)
     else:
-        raise ValueError(f'{_where(example)}: unknown docs-test directive {action!r} (files, installed, hub, validation-set, env, single-command, timm-scripts)')
+        raise ValueError(f'{_where(example)}: unknown docs-test directive {action!r} (files, installed, hub, '
+                         'validation-set, env, killed, single-command, timm-scripts)')
     return None
+
+
+def _kill_while_installing(page: Page, command: List[str]) -> None:
+    """Run ``command`` (an install) in the page's folder and environment and kill it (SIGKILL) once its temporary
+    in the store holds a megabyte: what a process killed without warning leaves."""
+    store = Path(page.env.get('TIMM_SKNET_HOME') or Path(page.env['HOME']) / '.cache' / 'timm-sknet')
+    proc = subprocess.Popen(command, cwd=page.workdir, env=page.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + COMMAND_TIMEOUT_S
+        while not any(path.is_file() and path.stat().st_size > 1 << 20 for path in store.glob('.tsk-*/**/*')):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f'{" ".join(command)} ended (or ran past {COMMAND_TIMEOUT_S} s) before it had '
+                                   'written a megabyte into the store, so it could not be killed half-way')
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 class DirectiveParser:
