@@ -95,7 +95,7 @@ def test_a_full_disk_in_the_work_folder_is_one_line_and_the_release_resumes(caff
         assert last == (f'timm-sknet: error: could not write {workdir / "model.safetensors"}: No space left on device; '
                         'free some space or write it elsewhere (nothing was written)'), full.run.stderr
         assert 'Traceback' not in full.run.stderr
-        assert sorted(p.name for p in workdir.iterdir()) == ['.release.lock', '.timm-sknet-release.json']
+        assert sorted(p.name for p in workdir.iterdir()) == ['.timm-sknet-release.json']
         assert [r for r in full.requests if r['method'] in ('PUT', 'POST')] == []
         assert sha256_file(installed) == before
 

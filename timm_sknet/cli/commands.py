@@ -49,7 +49,7 @@ def _installed_parser(parser: argparse.ArgumentParser) -> None:
     there; ``--remove-leftovers`` removes those first."""
     parser.description = (f'{INSTALLED.help}. The store is ${STORE_ENV} if set, else timm-sknet in $XDG_CACHE_HOME or '
                           f'~/.cache; here: {store_dir()}. The temporary folder of an install that was killed is '
-                          'listed with its size; the next install removes it, or --remove-leftovers now.')
+                          'listed with its size; the next install removes it, as does --remove-leftovers.')
     parser.add_argument('--remove-leftovers', action='store_true',
                         help='first remove the temporary folders that killed installs left in the store (never one '
                              'that a running install is writing)')
