@@ -15,10 +15,11 @@ from typing import Any, Optional, Sequence, Tuple, Type, Union
 import torch
 from torch import nn
 
-from .deploy import FusibleConvNormAct, fuse_conv_bn, has_running_stats
+from .deploy import FusibleConvNormAct, bind_norm
 
 __all__ = [
-    'SKAttention', 'SKConv', 'SKPath', 'check_flag', 'effective_kernel_size', 'resolve_sk_paths', 'sk_attn_channels']
+    'SKAttention', 'SKConv', 'SKPath', 'check_flag', 'check_output_stride', 'effective_kernel_size', 'resolve_sk_paths',
+    'sk_attn_channels']
 
 
 # One SK path: (kernel, dilation, groups). groups None: the unit's own (SK-ResNeXt: its cardinality; SK-ShuffleNetV2:
@@ -41,6 +42,14 @@ def check_flag(name: str, value: Any) -> None:
     """Refuse a non-bool where a keyword takes True or False (a tuple would otherwise read as True)."""
     if not isinstance(value, bool):
         raise TypeError(f'{name} takes True or False, got {value!r}')
+
+
+def check_output_stride(output_stride: Any) -> None:
+    """Refuse an output stride the trunks cannot give by dilating their later stages (timm's ResNet takes the same
+    three, by an assert without a message)."""
+    if not _is_int(output_stride) or output_stride not in (8, 16, 32):
+        raise ValueError(
+            f'output_stride must be 32, 16 or 8 (the later stages dilated instead of strided), got {output_stride!r}')
 
 
 def _check_kernel(what: str, kernel: Any) -> None:
@@ -160,7 +169,7 @@ class SKAttention(nn.Module):
         super().__init__()
         self.num_paths = num_paths
         self.fc_reduce = nn.Conv2d(channels, attn_channels, kernel_size=1, bias=False, **dd)
-        self.bn = norm_layer(attn_channels, **dd)
+        self.bn = bind_norm(norm_layer(attn_channels, **dd), self.fc_reduce)  # folds into fc_reduce (deploy form)
         self.act = act_layer(inplace=True)
         self.fc_select = nn.Conv2d(attn_channels, channels * num_paths, kernel_size=1, bias=False, **dd)
 
@@ -168,12 +177,6 @@ class SKAttention(nn.Module):
         x = self.act(self.bn(self.fc_reduce(pooled)))
         x = self.fc_select(x)
         return x.view(x.shape[0], self.num_paths, -1, 1, 1).softmax(dim=1)
-
-    def reparameterize(self) -> None:
-        """Fold the BatchNorm into ``fc_reduce`` (which gains a bias); the module keeps its type and outputs."""
-        if has_running_stats(self.bn):
-            self.fc_reduce = fuse_conv_bn(self.fc_reduce, self.bn)
-            self.bn = nn.Identity()
 
 
 class SKConv(nn.Module):

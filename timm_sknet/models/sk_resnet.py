@@ -74,7 +74,8 @@ class SKBottleneck(nn.Module):
             width, outplanes, kernel_size=1, apply_act=False, act_layer=act_layer, norm_layer=norm_layer, **dd)
         self.se = create_attn(attn_layer, outplanes, **dd)
         self.act = act_layer(inplace=True)
-        self.downsample = deploy.FusibleDownsample.wrap(downsample)
+        deploy.bind_norms_in_sequence(downsample)  # timm's shortcut [pool,] conv, norm
+        self.downsample = downsample
         self.drop_path = drop_path
 
     def zero_init_last(self) -> None:
@@ -137,7 +138,8 @@ class SKBasicBlock(nn.Module):
             act_layer=act_layer, norm_layer=norm_layer, **dd)
         self.se = create_attn(attn_layer, planes, **dd)
         self.act = act_layer(inplace=True)
-        self.downsample = deploy.FusibleDownsample.wrap(downsample)
+        deploy.bind_norms_in_sequence(downsample)  # timm's shortcut [pool,] conv, norm
+        self.downsample = downsample
         self.drop_path = drop_path
 
     def zero_init_last(self) -> None:
@@ -221,6 +223,7 @@ class SKNet(ResNet):
         attn_widths = tuple(sk_attn_channels) if sk_attn_channels else (None,) * num_stages
         if len(channels) != num_stages or len(attn_widths) != num_stages:
             raise ValueError('layers, channels and sk_attn_channels need one entry per stage')
+        sk_conv.check_output_stride(kwargs.get('output_stride', 32))
         cifar_stem = stem_type == 'cifar'
         if cifar_stem and kwargs.get('output_stride', 32) != 32:
             raise ValueError('the CIFAR stem supports output_stride=32 only')
@@ -261,14 +264,12 @@ class SKNet(ResNet):
         self._bind_stem_norms()
 
     def _bind_stem_norms(self) -> None:
-        """Let each stem BatchNorm fold itself into the conv before it in the deploy form (``BatchNormAfterConv``):
+        """Let each stem BatchNorm fold itself into the conv before it in the deploy form (``deploy.bind_norm``):
         the stem's conv -> norm pairs sit in the model itself or in timm's plain Sequentials."""
         stem_convs = self.conv1 if isinstance(self.conv1, nn.Sequential) else [self.conv1]
-        self.bn1 = _bound_to_conv(self.bn1, stem_convs[-1])
+        self.bn1 = deploy.bind_norm(self.bn1, stem_convs[-1])
         for seq in (self.conv1, self.maxpool):
-            if isinstance(seq, nn.Sequential):
-                for i in range(1, len(seq)):
-                    seq[i] = _bound_to_conv(seq[i], seq[i - 1])
+            deploy.bind_norms_in_sequence(seq)
 
     def forward_intermediates(
             self,
@@ -316,16 +317,6 @@ class SKNet(ResNet):
         if prune_head or prune_end:
             self.reset_classifier(0, '')
         return take_indices
-
-
-def _bound_to_conv(norm: nn.Module, conv: nn.Module) -> nn.Module:
-    """A plain BatchNorm2d right after a Conv2d as the equivalent ``BatchNormAfterConv``; anything else as it is."""
-    if type(norm) is not nn.BatchNorm2d or type(conv) is not nn.Conv2d or norm.num_features != conv.out_channels:
-        return norm
-    bound = deploy.BatchNormAfterConv(
-        conv, eps=norm.eps, momentum=norm.momentum, affine=norm.affine, track_running_stats=norm.track_running_stats)
-    bound.load_state_dict(norm.state_dict())
-    return bound
 
 
 def _create_sknet(variant: str, pretrained: bool = False, **kwargs) -> SKNet:

@@ -31,13 +31,13 @@ _JOIN_PREVIOUS_GROUP = (99999,)  # timm's MATCH_PREV_GROUP (private): the final 
 class SKShuffleShortcut(nn.Module):
     """The left branch of ShuffleNetV2's downsampling unit: strided 3x3 depthwise (here SK) conv, then 1x1 conv."""
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int, sk_kwargs: Dict[str, Any], act_layer: LayerType,
-                 norm_layer: LayerType, device=None, dtype=None):
+    def __init__(self, in_chs: int, out_chs: int, stride: int, dilation: int, sk_kwargs: Dict[str, Any],
+                 act_layer: LayerType, norm_layer: LayerType, device=None, dtype=None):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         self.conv_dw = sk_conv.SKConv(
-            in_chs, in_chs, stride=stride, default_groups=in_chs, act_layer=act_layer, norm_layer=norm_layer,
-            **sk_kwargs, **dd)
+            in_chs, in_chs, stride=stride, dilation=dilation, default_groups=in_chs, act_layer=act_layer,
+            norm_layer=norm_layer, **sk_kwargs, **dd)
         self.conv_pw = deploy.FusibleConvNormAct(
             in_chs, out_chs, kernel_size=1, act_layer=act_layer, norm_layer=norm_layer, **dd)
 
@@ -48,24 +48,30 @@ class SKShuffleShortcut(nn.Module):
 class SKShuffleUnit(nn.Module):
     """ShuffleNetV2 unit (its paper's Fig. 3c/d) with an SK depthwise conv in each branch that has one.
 
-    Stride 1: channel split; one half passes, the other runs 1x1 -> SK 3x3 depthwise -> 1x1. Stride 2: both branches
-    see the whole input, the left one (``shortcut``) is SK 3x3 depthwise -> 1x1. Then concat and channel shuffle.
+    ``channel_split`` (the basic unit, Fig. 3c): one half of the channels passes, the other runs 1x1 -> SK 3x3
+    depthwise -> 1x1. Otherwise (the downsampling unit that starts each stage, Fig. 3d) both branches see the whole
+    input, the left one (``shortcut``) SK 3x3 depthwise -> 1x1. Then concat and channel shuffle. Under an
+    ``output_stride`` a downsampling unit keeps its two branches with stride 1, as timm's ResNet keeps a stage's
+    projection shortcut; ``dilation`` dilates its depthwise convs (each SK path's own dilation times it).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int, sk_kwargs: Dict[str, Any], act_layer: LayerType,
-                 norm_layer: LayerType, device=None, dtype=None):
+    def __init__(self, in_chs: int, out_chs: int, stride: int, dilation: int, channel_split: bool,
+                 sk_kwargs: Dict[str, Any], act_layer: LayerType, norm_layer: LayerType, device=None, dtype=None):
         dd = {'device': device, 'dtype': dtype}
         super().__init__()
         branch_chs = out_chs // 2
-        if stride == 1 and in_chs != 2 * branch_chs:
-            raise ValueError(f'a stride-1 unit keeps its width: in_chs {in_chs} != out_chs {out_chs}')
+        if channel_split and (stride != 1 or in_chs != out_chs):
+            raise ValueError(
+                f'a channel-split unit keeps its size and width: stride {stride}, in_chs {in_chs}, out_chs {out_chs}')
         if out_chs % 2:
             raise ValueError(f'out_chs must be even (two concatenated branches), got {out_chs}')
         layers = dict(act_layer=act_layer, norm_layer=norm_layer, **dd)
-        self.shortcut = SKShuffleShortcut(in_chs, branch_chs, stride, sk_kwargs, **layers) if stride > 1 else None
-        self.conv_pw = deploy.FusibleConvNormAct(in_chs if stride > 1 else branch_chs, branch_chs, 1, **layers)
+        self.shortcut = None if channel_split else SKShuffleShortcut(
+            in_chs, branch_chs, stride, dilation, sk_kwargs, **layers)
+        self.conv_pw = deploy.FusibleConvNormAct(branch_chs if channel_split else in_chs, branch_chs, 1, **layers)
         self.conv_dw = sk_conv.SKConv(
-            branch_chs, branch_chs, stride=stride, default_groups=branch_chs, **sk_kwargs, **layers)
+            branch_chs, branch_chs, stride=stride, dilation=dilation, default_groups=branch_chs, **sk_kwargs,
+            **layers)
         self.conv_pwl = deploy.FusibleConvNormAct(branch_chs, branch_chs, 1, **layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +99,11 @@ class SKShuffleNetV2(nn.Module):
     fc -> BN -> ReLU -> fc over the pooled sum of the paths. ``sk_path_act=True`` gives SKNet's conv -> BN -> ReLU
     paths.
 
+    ``output_stride`` 16 or 8 (dense prediction, e.g. DeepLabV3+) as timm's ResNet and EfficientNet do it: a stage
+    that would take the network past it starts with a stride-1 unit, and the units after that one are dilated by
+    the stride it gave up (their SK paths' dilations times 2, then 4). The state dict is the same for every
+    output stride; ``feature_info`` reports each tap's reduction as the output stride caps it (16: 2, 4, 8, 16, 16).
+
     Feature taps (``features_only``, ``forward_intermediates``), timm's CNN pyramid at reductions 2, 4, 8, 16, 32:
     the stem conv (before the max pool, as timm's ResNet), the stem's max pool and each stage's output. Dense
     prediction decoders (segmentation_models_pytorch, transformers' ``TimmBackbone``) expect the stride-4 map even
@@ -111,7 +122,8 @@ class SKShuffleNetV2(nn.Module):
         sk_rd_ratio, sk_min_attn_channels: fuse width d = max(C * sk_rd_ratio, sk_min_attn_channels) (1/r and L).
         dilate_large_kernels: realise K > 3 as a 3x3 with dilation (K - 1) / 2 (SKNet's release) or as true K x K.
         sk_path_act: an activation on every SK path (SKNet's units) instead of ShuffleNetV2's linear depthwise.
-        num_classes, in_chans, global_pool, drop_rate (dropout before the classifier): timm's.
+        num_classes, in_chans, output_stride (32, 16 or 8), global_pool, drop_rate (dropout before the classifier):
+            timm's.
         act_layer, norm_layer, bn_momentum, bn_eps: activation and norm everywhere (as timm's train.py passes them).
     """
 
@@ -130,6 +142,7 @@ class SKShuffleNetV2(nn.Module):
             sk_path_act: bool = False,
             num_classes: int = 1000,
             in_chans: int = 3,
+            output_stride: int = 32,
             global_pool: str = 'avg',
             drop_rate: float = 0.,
             act_layer: LayerType = nn.ReLU,
@@ -143,6 +156,7 @@ class SKShuffleNetV2(nn.Module):
         super().__init__()
         if len(stage_repeats) != len(stage_channels):
             raise ValueError('stage_repeats and stage_channels need one entry per stage')
+        sk_conv.check_output_stride(output_stride)
         self.num_classes = num_classes
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -164,11 +178,17 @@ class SKShuffleNetV2(nn.Module):
         self.feature_info = [
             dict(num_chs=stem_chs, reduction=2, module='stem'), dict(num_chs=stem_chs, reduction=4, module='stem_pool')]
         stages = []
-        prev_chs, reduction = stem_chs, 4
+        prev_chs, reduction, dilation = stem_chs, 4, 1
         for i, (repeats, chs) in enumerate(zip(stage_repeats, stage_channels)):
-            reduction *= 2
+            # timm's rule: the first unit runs at the dilation so far, the rest at what the dropped stride adds
+            stride, first_dilation = 2, dilation
+            if reduction * stride > output_stride:
+                stride, dilation = 1, dilation * stride
+            reduction *= stride
             stages.append(nn.Sequential(*[
-                SKShuffleUnit(prev_chs if u == 0 else chs, chs, 2 if u == 0 else 1, sk_kwargs, **layers)
+                SKShuffleUnit(
+                    prev_chs if u == 0 else chs, chs, stride if u == 0 else 1, first_dilation if u == 0 else dilation,
+                    channel_split=u > 0, sk_kwargs=sk_kwargs, **layers)
                 for u in range(repeats)]))
             self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f'stages.{i}'))
             prev_chs = chs

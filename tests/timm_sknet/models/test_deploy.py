@@ -1,6 +1,8 @@
 """The deploy form, timm's convention: ``timm.utils.reparameterize_model`` (what ``--reparam`` in timm's scripts calls)
 folds every BatchNorm into the conv before it and keeps the logits, eager, scripted, exported, compiled and in ONNX;
-the ResNet keywords the SK units honour (anti-aliasing, an extra attention module, ...) survive it."""
+it folds in place, so a ``features_only`` model of every registered model keeps its maps and hooks in every feature
+mode; the ResNet keywords the SK units honour (anti-aliasing, an extra attention module, ...) survive it."""
+import re
 from functools import partial
 
 import onnxruntime as ort
@@ -11,6 +13,7 @@ from timm.layers import BlurPool2d
 from timm.utils import reparameterize_model
 from torch import nn
 
+import timm_sknet
 from timm_sknet.analysis.attention import capture_selection
 
 from support import randomize_norms
@@ -25,6 +28,11 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str, rtol:
     assert err <= rtol * scale, f'{what}: max abs error {err:.3g} > {rtol} x {scale:.3g}'
 
 
+# The last norm of each residual branch (SKBottleneck's conv3, SKBasicBlock's conv2: the norms timm's zero_init_last
+# zeroes), by name, so that a wrapper which keeps the names but not the blocks (an FX graph) is covered too.
+RESIDUAL_BRANCH_END = re.compile(r'\.conv[23]\.bn$')
+
+
 def _model_and_input(name: str, size: int, **kwargs):
     """The model with BatchNorms that all matter to the logits, and an input.
 
@@ -36,9 +44,9 @@ def _model_and_input(name: str, size: int, **kwargs):
     model = timm.create_model(name, **kwargs).eval()
     randomize_norms(model)
     with torch.no_grad():
-        for unit in model.modules():
-            if hasattr(unit, 'zero_init_last'):
-                (unit.conv3 if hasattr(unit, 'conv3') else unit.conv2).bn.weight.mul_(0.25)
+        for norm_name in _norms(model):
+            if RESIDUAL_BRANCH_END.search(norm_name):
+                model.get_submodule(norm_name).weight.mul_(0.25)
     return model, torch.randn(2, 3, size, size)
 
 
@@ -102,6 +110,41 @@ def test_deploy_form_in_place_and_attention_capture():
     assert plain.weights.keys() == deployed.weights.keys()
     for unit, weights in plain.weights.items():
         _assert_close(deployed.weights[unit], weights, f'selection weights of {unit}')
+
+
+def _input_size(name: str) -> int:
+    """Small, as the family checks: the ImageNet-scale models at 64 (their stride-32 map is 2x2), the CIFAR one at 32."""
+    return 64 if min(timm.models.get_pretrained_cfg(name).input_size[1:]) >= 224 else 32
+
+
+@pytest.mark.parametrize('feature_cls', [None, 'hook', 'fx'], ids=lambda c: c or 'default')
+@pytest.mark.parametrize('name', timm_sknet.model_names())
+def test_folding_a_feature_extractor_keeps_its_maps_and_hooks(name, feature_cls):
+    """``reparameterize_model`` on a ``features_only`` model, as it is wrapped (hooks on its taps, an FX graph that
+    calls modules by name): every BatchNorm folds, every map is still there with its shape and values, and a hook a
+    user put on each conv before folding fires on the folded conv. Both the copy reparameterize_model makes by
+    default and the fold in place (``inplace=True``, what timm's validate.py does)."""
+    kwargs = {} if feature_cls is None else {'feature_cls': feature_cls}
+    features, x = _model_and_input(name, _input_size(name), features_only=True, **kwargs)
+    convs = [n for n, m in features.named_modules() if isinstance(m, nn.Conv2d)]
+    fired = []
+    for conv_name in convs:
+        features.get_submodule(conv_name).register_forward_hook(lambda *args, n=conv_name: fired.append(n))
+    with torch.no_grad():
+        expected = features(x)
+    assert len(expected) == len(features.feature_info.reduction())
+    num_norms = len(_norms(features))
+    for deployed in (reparameterize_model(features), reparameterize_model(features, inplace=True)):
+        assert not _norms(deployed)
+        # each norm went into the conv before it, which gained a bias
+        assert sum(deployed.get_submodule(n).bias is not None for n in convs) == num_norms
+        fired.clear()
+        with torch.no_grad():
+            maps = deployed(x)
+        assert sorted(set(fired)) == sorted(convs)
+        assert [m.shape for m in maps] == [m.shape for m in expected]
+        for i, (got, want) in enumerate(zip(maps, expected)):
+            _assert_close(got, want, f'map {i} of the folded {feature_cls or "default"} feature extractor')
 
 
 @pytest.mark.parametrize('form', ['plain', 'deploy'])
