@@ -60,9 +60,11 @@ def page_env(home: Path) -> Dict[str, str]:
     """The environment of a page's commands: the user's, less anything that points at their files or the network
     (Hugging Face settings and token, proxies, timm-sknet's own settings, cache locations), with HOME in tmp."""
     dropped = ('HF_', 'TIMM_SKNET_', 'XDG_', 'HUGGINGFACE_')
+    # under `make test` make's own variables would make the pages' `make demo` a sub-make, which says so
+    makes = ('MAKEFLAGS', 'MAKELEVEL', 'MFLAGS', 'MAKEOVERRIDES')
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(dropped) and k.lower() not in ('http_proxy', 'https_proxy', 'all_proxy')
-           and not k.startswith(('PYTEST_', 'COV_'))}
+           and not k.startswith(('PYTEST_', 'COV_')) and k not in makes}
     env.update(
         HOME=str(home), HF_HUB_OFFLINE='1', HF_HUB_DISABLE_TELEMETRY='1', HF_HUB_DISABLE_PROGRESS_BARS='1',
         NO_PROXY='127.0.0.1,localhost', PATH=f'{Path(sys.executable).parent}:{env["PATH"]}')
