@@ -10,6 +10,7 @@ top-1 at 224 more than half a point below the authors' is published only with ``
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -87,11 +88,23 @@ def repo_texts(model: nn.Module, card: str) -> Dict[str, str]:
     return {'config.json': json.dumps(hub_config(model), indent=2), 'README.md': card}
 
 
-def write_repo_files(directory: Path, weights: Path, texts: Dict[str, str]) -> None:
-    """The Hub repo's files: the weights byte for byte (their sha256 is what results refer to), and ``texts``."""
-    shutil.copyfile(weights, directory / HUB_WEIGHTS_FILENAME)
+def write_repo_files(directory: Path, weights: Path, texts: Dict[str, str], link_weights: bool = False) -> None:
+    """The Hub repo's files: the weights byte for byte (their sha256 is what results refer to), and ``texts``. With
+    ``link_weights`` (a folder of the command's own beside the weights) the weights are a hard link, not a copy."""
+    target = directory / HUB_WEIGHTS_FILENAME
+    if not (link_weights and _hard_linked(weights, target)):
+        shutil.copyfile(weights, target)
     for name, text in texts.items():
         (directory / name).write_text(text, encoding='utf-8')
+
+
+def _hard_linked(source: Path, target: Path) -> bool:
+    """Whether ``target`` could be made a hard link to ``source`` (not across file systems, nor on one without)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        return False
+    return True
 
 
 def hub_config(model: nn.Module) -> Dict[str, Any]:

@@ -254,7 +254,7 @@ def _publish(release: Release, inputs: Dict[str, Any]) -> Dict[str, Any]:
     check_repo_weights(release, check_hub(args.repo_id, args.revision, release.token))
     shutil.rmtree(work.repo, ignore_errors=True)
     work.repo.mkdir()
-    write_repo_files(work.repo, work.weights, contents)
+    write_repo_files(work.repo, work.weights, contents, link_weights=True)
     commit = upload(work.repo, args.repo_id, release.token, args.private, args.revision)
     return {'repo_id': args.repo_id, 'commit': commit.oid, 'url': commit.url, 'files': inputs['files']}
 
